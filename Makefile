@@ -1,0 +1,50 @@
+# make test: the whole suite on a fresh machine (creates .venv, installs, lints, tests).
+# make run:  the main job (an installation that runs a training job; arrives with `mlsmctl up`).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: help install test unit lint format run bench clean
+
+help:
+	@echo "make test    install into .venv, lint, validate manifests/, run the test suite"
+	@echo "make lint    ruff, mypy --strict, import-linter"
+	@echo "make bench   benchmarks in bench/ (prints figures)"
+	@echo "make run     the main job (see README)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check mlsm tests bench
+	$(BIN)/ruff format --check mlsm tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(STAMP)
+	$(BIN)/ruff format mlsm tests bench
+	$(BIN)/ruff check --fix mlsm tests bench
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint
+	$(BIN)/mlsmctl validate manifests/
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/validate_manifests.py
+
+run: $(STAMP)
+	@echo "mlsmctl up (a whole installation on this machine) is not built yet: issue 8."
+	@echo "What works today: validating the example manifests repository."
+	$(BIN)/mlsmctl validate manifests/
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

@@ -1,0 +1,1 @@
+"""mlsmctl, the command line: validate, schema, and (later) get, describe, apply, up."""

@@ -1,0 +1,190 @@
+"""The `mlsmctl` entry point: commands, and the one place errors become exit codes.
+
+Exit codes: 0 success, 1 a problem the user can fix (invalid manifests), 2 a usage
+error (unknown option, missing path), 70 an internal error. Never a traceback unless
+MLSM_DEBUG=1 asks for one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from mlsm import __version__, manifests, schemas
+from mlsm.cli.output import Format, print_problems
+from mlsm.errors import UserError
+
+__all__ = ["app", "main"]
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+app = typer.Typer(
+    name="mlsmctl",
+    help="mlsmctl controls mlsm: a GitOps reconciler for ML training jobs.\n\n"
+    "Manifests (Node, Dataset, TrainingJob) live in git; `mlsmctl validate` checks "
+    "them before you open a pull request.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlsmctl {__version__}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool,
+    typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+]
+
+
+@app.callback()
+def _root(version: VersionOption = False) -> None:
+    """mlsmctl controls mlsm: a GitOps reconciler for ML training jobs."""
+
+
+class UsageError(UserError):
+    """A command used wrongly (exit 2)."""
+
+
+@app.command()
+def validate(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PATH...",
+            help="Manifest files or directories (walked for *.yaml and *.yml); '-' reads "
+            "standard input.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Format,
+        typer.Option(
+            "--output",
+            "-o",
+            help="text: one line per error; json; github: "
+            "workflow commands that annotate a pull request's diff.",
+        ),
+    ] = Format.text,
+    cross_checks: Annotated[
+        bool,
+        typer.Option(
+            "--cross-checks/--no-cross-checks",
+            help="Check references between objects (datasets, nodes, duplicates). Turn off "
+            "to check a few files on their own.",
+        ),
+    ] = True,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Worker processes for parsing. Default: one per CPU core for large trees.",
+        ),
+    ] = None,
+    version: VersionOption = False,
+) -> None:
+    """Check manifests: schema, references between objects, and YAML safety limits.
+
+    Every error names file:line:col, the object, the field and the fix. Exit status:
+    0 when everything is valid, 1 when anything is not, 2 on usage errors.
+    """
+    if paths == ["-"]:
+        result = manifests.load_bytes(sys.stdin.buffer.read(), "<stdin>", cross_checks=cross_checks)
+    elif "-" in paths:
+        raise UsageError("'-' (standard input) cannot be mixed with paths")
+    else:
+        try:
+            result = manifests.load_paths(paths, cross_checks=cross_checks, workers=jobs)
+        except manifests.SourceError as exc:
+            raise UsageError(str(exc)) from exc
+    print_problems(result.problems, objects=len(result.objects), files=result.files, format=output)
+    if result.problems:
+        raise typer.Exit(EXIT_INVALID)
+
+
+_KIND_ALIASES = {
+    alias: kind
+    for kind, aliases in {
+        "Node": ("node", "nodes", "no"),
+        "Dataset": ("dataset", "datasets", "ds"),
+        "TrainingJob": ("trainingjob", "trainingjobs", "job", "jobs", "tj"),
+    }.items()
+    for alias in aliases
+}
+
+
+@app.command()
+def schema(
+    kind: Annotated[
+        str | None,
+        typer.Argument(
+            help="Node, Dataset or TrainingJob (or job, ds, ...). Default: all "
+            "kinds, discriminated on 'kind'.",
+            show_default=False,
+        ),
+    ] = None,
+    version: VersionOption = False,
+) -> None:
+    """Print the JSON Schema of the manifests, for editors and other validators.
+
+    With yaml-language-server, save it and put
+    `# yaml-language-server: $schema=./mlsm.schema.json` at the top of a manifest.
+    """
+    name = None
+    if kind is not None:
+        name = _KIND_ALIASES.get(kind.lower())
+        if name is None:
+            raise UsageError(f"unknown kind '{kind}'; choose one of {', '.join(schemas.KINDS)}")
+    typer.echo(json.dumps(schemas.json_schema(name), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run mlsmctl and return its exit status; errors become messages, not tracebacks.
+
+    Typer runs in standalone mode: it prints usage errors itself and exits 2.
+    """
+    try:
+        app(args=argv, prog_name="mlsmctl")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except UsageError as exc:
+        typer.echo(f"mlsmctl: error: {exc}", err=True)
+        return EXIT_USAGE
+    except UserError as exc:
+        typer.echo(f"mlsmctl: error: {exc}", err=True)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0  # `mlsmctl ... | head`: the reader left, nothing to report
+    except Exception as exc:
+        if os.environ.get("MLSM_DEBUG"):
+            raise
+        typer.echo(
+            f"mlsmctl: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in mlsm; rerun with MLSM_DEBUG=1 for the traceback and report it.",
+            err=True,
+        )
+        return EXIT_INTERNAL
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

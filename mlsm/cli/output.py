@@ -1,0 +1,85 @@
+"""Printing problems for people (text), programs (json) and GitHub Actions (github)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import TextIO
+
+import typer
+
+from mlsm.manifests import Problem
+
+__all__ = ["Format", "print_problems"]
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+    github = "github"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _summary(problems: Sequence[Problem], *, objects: int, files: int) -> str:
+    checked = f"{_plural(objects, 'object')} in {_plural(files, 'file')}"
+    if not problems:
+        return f"{checked}: all valid"
+    bad_files = len({p.path for p in problems})
+    return f"{_plural(len(problems), 'error')} in {_plural(bad_files, 'file')} ({checked} checked)"
+
+
+def print_problems(
+    problems: Sequence[Problem],
+    *,
+    objects: int,
+    files: int,
+    format: Format,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Every problem, then a one-line summary (text and github) or one JSON document."""
+    if format is Format.json:
+        document = {
+            "valid": not problems,
+            "files": files,
+            "objects": objects,
+            "errors": [
+                {
+                    "path": p.path,
+                    "line": p.line,
+                    "column": p.column,
+                    "kind": p.kind,
+                    "name": p.name,
+                    "field": p.field,
+                    "message": p.message,
+                }
+                for p in problems
+            ],
+        }
+        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    color = format is Format.text and out.isatty()
+    for problem in problems:
+        if format is Format.github:
+            properties = (
+                f"file={_escape_property(problem.path)},line={problem.line},"
+                f"col={problem.column},title={_escape_property('mlsm validate')}"
+            )
+            out.write(f"::error {properties}::{_escape_data(problem.describe())}\n")
+        else:
+            where = f"{problem.path}:{problem.line}:{problem.column}:"
+            label = typer.style("error:", fg="red", bold=True) if color else "error:"
+            out.write(f"{where} {label} {problem.describe()}\n")
+    out.write(_summary(problems, objects=objects, files=files) + "\n")

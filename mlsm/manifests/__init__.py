@@ -1,0 +1,40 @@
+"""Loading manifests: YAML from files, directories or a git tree, parsed safely,
+validated against `mlsm.schemas`, located to file:line:col, and cross-checked.
+
+    result = manifests.load_paths(["manifests/"])
+    for problem in result.problems:
+        print(problem)          # jobs/vit.yaml:14:7: error: TrainingJob/vit: spec...
+"""
+
+from mlsm.manifests.crosschecking import cross_check, node_rejects
+from mlsm.manifests.loading import (
+    MANIFEST_SUFFIXES,
+    LoadResult,
+    SourceError,
+    discover,
+    load_bytes,
+    load_git_tree,
+    load_paths,
+)
+from mlsm.manifests.parsing import DEFAULT_LIMITS, Limits, Position
+from mlsm.manifests.problems import ManifestError, Problem, format_field
+from mlsm.manifests.validating import Located
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MANIFEST_SUFFIXES",
+    "Limits",
+    "LoadResult",
+    "Located",
+    "ManifestError",
+    "Position",
+    "Problem",
+    "SourceError",
+    "cross_check",
+    "discover",
+    "format_field",
+    "load_bytes",
+    "load_git_tree",
+    "load_paths",
+    "node_rejects",
+]

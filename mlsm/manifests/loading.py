@@ -1,0 +1,275 @@
+"""Loading manifests from files, directory trees, bytes, or a git tree at a commit.
+
+Reading and YAML parsing of many files is spread over worker processes (forked, so
+they share the parent's imports); validation, which yields the model objects, stays
+in the parent so that nothing but plain data crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+from mlsm.errors import UserError
+from mlsm.manifests.crosschecking import cross_check
+from mlsm.manifests.parsing import (
+    DEFAULT_LIMITS,
+    Limits,
+    ParsedFile,
+    parse_bytes,
+    paused_gc,
+    too_large,
+)
+from mlsm.manifests.problems import ManifestError, Problem
+from mlsm.manifests.validating import Located, Locator, validate_document
+
+__all__ = [
+    "MANIFEST_SUFFIXES",
+    "LoadResult",
+    "SourceError",
+    "discover",
+    "load_bytes",
+    "load_git_tree",
+    "load_paths",
+]
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+PARALLEL_MIN_FILES = 256
+"""Below this many files, starting worker processes costs more than it saves."""
+
+
+class SourceError(UserError):
+    """A path, repository or commit that cannot be read at all."""
+
+
+@dataclass
+class LoadResult:
+    """Every valid object, and every problem, of one load."""
+
+    objects: list[Located] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_for_problems(self) -> None:
+        """Raise `ManifestError` with every problem, if there are any."""
+        if self.problems:
+            raise ManifestError(self.problems)
+
+
+def discover(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The manifest files under `paths`: files as given, directories walked in order.
+
+    Hidden files and folders (.git, .github) are skipped inside directories.
+    """
+    found: dict[str, None] = {}
+    for given in paths:
+        path = os.fspath(given)
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if name.endswith(MANIFEST_SUFFIXES) and not name.startswith("."):
+                        found[os.path.join(root, name)] = None
+        elif os.path.exists(path):
+            found[path] = None
+        else:
+            raise SourceError(f"{path}: no such file or directory")
+    return list(found)
+
+
+def _read_file(path: str, limits: Limits) -> bytes | Problem:
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limits.max_bytes:
+                return too_large(path, size, limits)
+            return handle.read()
+    except OSError as exc:
+        return Problem(path=path, line=1, column=1, message=f"cannot read: {exc.strerror or exc}")
+
+
+def _read_and_parse(paths: Sequence[str], limits: Limits) -> list[ParsedFile]:
+    out = []
+    for path in paths:
+        data = _read_file(path, limits)
+        if isinstance(data, Problem):
+            out.append(ParsedFile(path, problems=[data]))
+        else:
+            out.append(parse_bytes(data, path, limits))
+    return out
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _parse_files(paths: Sequence[str], limits: Limits, workers: int | None) -> Iterator[ParsedFile]:
+    workers = _cpu_count() if workers is None else workers
+    if (
+        workers <= 1
+        or len(paths) < PARALLEL_MIN_FILES
+        or "fork" not in (multiprocessing.get_all_start_methods())
+    ):
+        yield from _read_and_parse(paths, limits)
+        return
+    size = max(64, len(paths) // (workers * 4))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    done = 0
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for parsed in pool.map(_read_and_parse, chunks, repeat(limits)):
+                yield from parsed
+                done += 1
+    except (BrokenProcessPool, OSError):  # a worker died (memory?): finish here
+        for chunk in chunks[done:]:
+            yield from _read_and_parse(chunk, limits)
+
+
+def _validate(
+    parsed_files: Iterable[ParsedFile], locator: Locator, *, cross_checks: bool
+) -> LoadResult:
+    with paused_gc():
+        return _validate_all(parsed_files, locator, cross_checks=cross_checks)
+
+
+def _validate_all(
+    parsed_files: Iterable[ParsedFile], locator: Locator, *, cross_checks: bool
+) -> LoadResult:
+    result = LoadResult()
+    broken: set[tuple[str, str]] = set()
+    for parsed in parsed_files:
+        result.files += 1
+        result.problems.extend(parsed.problems)
+        for document in parsed.documents:
+            outcome = validate_document(document, path=parsed.path, locator=locator)
+            if isinstance(outcome, Located):
+                result.objects.append(outcome)
+                continue
+            result.problems.extend(outcome)
+            broken.add(_identity(document.data))
+    if cross_checks:
+        result.problems.extend(cross_check(result.objects, locator, broken=broken))
+    result.problems.sort(key=Problem.sort_key)
+    return result
+
+
+def _identity(data: Any) -> tuple[str, str]:
+    if not isinstance(data, dict):
+        return ("", "")
+    metadata = data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return (str(data.get("kind")), str(name))
+
+
+def _read_whole(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def load_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cross_checks: bool = True,
+    workers: int | None = None,
+) -> LoadResult:
+    """Load and validate every manifest under `paths` (files and directories).
+
+    Raises `SourceError` for a path that does not exist; everything wrong inside
+    the files is returned as problems, all of them, never raised.
+    """
+    files = discover(paths)
+    locator = Locator(_read_whole)
+    return _validate(_parse_files(files, limits, workers), locator, cross_checks=cross_checks)
+
+
+def load_bytes(
+    data: bytes | str,
+    path: str = "<stdin>",
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cross_checks: bool = True,
+) -> LoadResult:
+    """Load and validate the manifests in one file's content."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    locator = Locator(lambda _: raw)
+    return _validate([parse_bytes(raw, path, limits)], locator, cross_checks=cross_checks)
+
+
+def load_git_tree(
+    repository: str | os.PathLike[str],
+    commit: str = "HEAD",
+    subdir: str = "",
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cross_checks: bool = True,
+) -> LoadResult:
+    """Load the manifests of a git repository at one commit (never the working tree).
+
+    Paths in problems are relative to the repository root. Symbolic links and
+    submodules are skipped: only what the commit itself holds counts.
+    """
+    blobs = _git_blobs(os.fspath(repository), commit, subdir.strip("/"))
+    parsed: list[ParsedFile] = []
+    texts: dict[str, bytes] = {}
+    for path, size, read in blobs:
+        if size > limits.max_bytes:
+            parsed.append(ParsedFile(path, problems=[too_large(path, size, limits)]))
+            continue
+        texts[path] = read()
+        parsed.append(parse_bytes(texts[path], path, limits))
+    locator = Locator(texts.__getitem__)
+    return _validate(parsed, locator, cross_checks=cross_checks)
+
+
+_SYMLINK_MODE = 0o120000
+
+
+def _blob_reader(blob: Any) -> Callable[[], bytes]:
+    return lambda: bytes(blob.data_stream.read())
+
+
+def _git_blobs(
+    repository: str, commit: str, subdir: str
+) -> list[tuple[str, int, Callable[[], bytes]]]:
+    import git  # lazily: gitpython costs ~0.15 s to import, and only this needs it
+
+    try:
+        repo = git.Repo(repository)
+    except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError) as exc:
+        raise SourceError(f"{repository}: not a git repository") from exc
+    try:
+        tree = repo.commit(commit).tree
+    except (git.exc.BadName, git.exc.GitCommandError, ValueError) as exc:
+        raise SourceError(f"{repository}: no commit '{commit}' (is the branch empty?)") from exc
+    if subdir:
+        try:
+            tree = tree / subdir
+        except KeyError as exc:
+            raise SourceError(f"{repository}: no folder '{subdir}' at commit {commit}") from exc
+        if tree.type != "tree":
+            raise SourceError(f"{repository}: '{subdir}' at commit {commit} is not a folder")
+    out: list[tuple[str, int, Callable[[], bytes]]] = []
+    item: Any
+    for item in tree.traverse():
+        if item.type != "blob" or item.mode == _SYMLINK_MODE:
+            continue
+        parts = str(item.path).split("/")
+        if not parts[-1].endswith(MANIFEST_SUFFIXES) or any(p.startswith(".") for p in parts):
+            continue
+        out.append((str(item.path), int(item.size), _blob_reader(item)))
+    out.sort(key=lambda entry: entry[0])
+    return out

@@ -1,0 +1,513 @@
+"""Safe, bounded YAML parsing into plain Python data, keeping where each value was.
+
+libyaml's C parser composes a node graph (with line and column marks); a small walk
+turns it into dicts, lists and scalars while enforcing the limits: file size,
+nesting depth, alias expansion (a "billion laughs" file is refused in time and
+memory linear in its size), duplicate keys, and tags (no Python objects). Only the
+plain data leaves a parse, so it can cross a process boundary cheaply; when an error
+needs a location, `locate` parses that one document again and walks to the field.
+
+Timestamps stay strings (no manifest field is a date) and YAML 1.1 booleans
+(yes/no/on/off) are booleans, as in every PyYAML-based tool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from mlsm.manifests.problems import Problem
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Document",
+    "Limits",
+    "ParsedFile",
+    "Position",
+    "compose_documents",
+    "locate",
+    "parse_bytes",
+    "paused_gc",
+    "too_large",
+]
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_TIMESTAMP, _MERGE, _MAP, _SEQ = (_TAG + t for t in ("timestamp", "merge", "map", "seq"))
+_TRUE = frozenset({"yes", "true", "on"})
+_STRUCTURE_CHARS = (b"[", b"{", b"-", b"?", b":")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one manifest file may cost to read."""
+
+    max_bytes: int = 1 << 20
+    """Largest file read; manifests are small, and a huge file is a mistake."""
+    max_depth: int = 64
+    """Deepest nesting of mappings and sequences."""
+    max_nodes: int = 100_000
+    """Most values one document may expand to, aliases counted at every use."""
+    max_documents: int = 10_000
+    """Most documents ('---') in one file."""
+    structure_scan_over: int = 2_000
+    """Files with more structural characters than this get an iterative depth scan
+    before libyaml composes them: its composer recurses in C and would crash on
+    deep nesting instead of raising."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A 1-based line and column in a file."""
+
+    line: int
+    column: int
+
+
+@dataclass(slots=True)
+class Document:
+    """One YAML document of a file, as plain data."""
+
+    index: int
+    """0-based position among the file's documents, empty ones counted."""
+    position: Position
+    data: Any
+
+
+@dataclass(slots=True)
+class ParsedFile:
+    """Every document of one file that could be read, and the problems of the rest."""
+
+    path: str
+    documents: list[Document] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+_RESOLVER = yaml.resolver.Resolver()
+
+
+@functools.lru_cache(maxsize=8192)
+def _resolve(kind: Any, value: Any, implicit: Any) -> Any:
+    return _RESOLVER.resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+
+
+def _ignore(*args: Any) -> None:
+    return None
+
+
+class _Loader(yaml.CSafeLoader):
+    """libyaml's composer with a cached tag resolver and no path resolvers.
+
+    The composer calls `resolve` for every node: manifests repeat the same keys and
+    values everywhere, so an `lru_cache` (a C-level call when it hits) replaces the
+    implicit-tag regexes. Path resolvers are never registered, so the per-node
+    descend/ascend hooks do nothing.
+    """
+
+    resolve = staticmethod(_resolve)
+    descend_resolver = staticmethod(_ignore)
+    ascend_resolver = staticmethod(_ignore)
+
+
+class _Invalid(Exception):
+    """A problem found while walking the node graph, with the node to blame."""
+
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
+class _Fallback(Exception):
+    """The lean builder met something only the careful one handles (merge keys, a
+    duplicate key, a collection as a key)."""
+
+
+def _mark(node: Node, line_offset: int) -> Position:
+    return Position(node.start_mark.line + 1 + line_offset, node.start_mark.column + 1)
+
+
+_CONSTRUCTOR = SafeConstructor()
+
+
+def _scalar(node: ScalarNode) -> Any:
+    tag, value = node.tag, node.value
+    if tag in (_STR, _TIMESTAMP):
+        return value
+    if tag == _INT:
+        return int(value) if value.isdigit() else _CONSTRUCTOR.construct_yaml_int(node)
+    if tag == _FLOAT:
+        return _CONSTRUCTOR.construct_yaml_float(node)
+    if tag == _BOOL:
+        return value.lower() in _TRUE
+    if tag == _NULL:
+        return None
+    raise _Invalid(
+        node, f"YAML tag '{tag.replace(_TAG, '!!')}' is not allowed; write a plain value"
+    )
+
+
+def _bad_collection_tag(node: Node) -> _Invalid:
+    return _Invalid(
+        node,
+        f"YAML tag '{node.tag.replace(_TAG, '!!')}' is not allowed; write a plain mapping or list",
+    )
+
+
+def _build_plain(node: Node, depth: int, max_depth: int) -> Any:
+    """Node graph -> data for a document without anchors: no alias can repeat a
+    node, so no expansion budget or memo is needed, only the depth bound."""
+    cls = node.__class__
+    if cls is ScalarNode:
+        return node.value if node.tag == _STR else _scalar(node)  # type: ignore[arg-type]
+    if depth >= max_depth:
+        raise _Invalid(node, f"nested deeper than {max_depth} levels")
+    if cls is MappingNode:
+        if node.tag != _MAP:
+            raise _bad_collection_tag(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.__class__ is not ScalarNode or key_node.tag == _MERGE:
+                raise _Fallback
+            key = key_node.value if key_node.tag == _STR else _scalar(key_node)
+            if key in out:
+                raise _Fallback  # the careful builder words the duplicate
+            out[key] = _build_plain(value_node, depth + 1, max_depth)
+        return out
+    if node.tag != _SEQ:
+        raise _bad_collection_tag(node)
+    return [_build_plain(item, depth + 1, max_depth) for item in node.value]
+
+
+class _Builder:
+    """Turns a composed node graph into plain data within the limits, counting
+    every use of an alias against the expansion budget."""
+
+    __slots__ = ("budget", "done", "limits", "open")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.budget = limits.max_nodes
+        self.done: dict[int, tuple[Any, int]] = {}
+        self.open: set[int] = set()
+
+    def build(self, node: Node, depth: int = 0) -> Any:
+        cls = node.__class__
+        if cls is ScalarNode:
+            self.budget -= 1
+            if self.budget < 0:
+                raise self._too_big(node)
+            return _scalar(node)  # type: ignore[arg-type]
+        key = id(node)
+        seen = self.done.get(key)
+        if seen is not None:  # an alias of a finished node: count its expansion again
+            self.budget -= seen[1]
+            if self.budget < 0:
+                raise self._too_big(node)
+            return seen[0]
+        if key in self.open:
+            raise _Invalid(node, "an alias refers to a value that contains it (recursive)")
+        if depth >= self.limits.max_depth:
+            raise _Invalid(node, f"nested deeper than {self.limits.max_depth} levels")
+        if node.tag not in (_MAP, _SEQ):
+            raise _bad_collection_tag(node)
+        before = self.budget
+        self.budget -= 1
+        self.open.add(key)
+        if cls is MappingNode:
+            value: Any = self._mapping(node, depth + 1)  # type: ignore[arg-type]
+        else:
+            value = [self.build(item, depth + 1) for item in node.value]
+        self.open.discard(key)
+        if self.budget < 0:
+            raise self._too_big(node)
+        self.done[key] = (value, before - self.budget)
+        return value
+
+    def _mapping(self, node: MappingNode, depth: int) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        lines: dict[Any, int] = {}
+        merged: list[Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged.append(value_node)
+                continue
+            key = self.build(key_node, depth)
+            if isinstance(key, (dict, list)):
+                raise _Invalid(
+                    key_node, "a mapping key must be a plain value, not a mapping or list"
+                )
+            if key in lines:
+                raise _Invalid(
+                    key_node,
+                    f"duplicate key '{key}' (first at line {lines[key]}); YAML keeps only "
+                    "the last, so remove one",
+                )
+            lines[key] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, depth)
+        for source in merged:  # '<<: *defaults': explicit keys win, earlier sources first
+            items = source.value if isinstance(source, SequenceNode) else [source]
+            for item in items:
+                value = self.build(item, depth)
+                if not isinstance(value, dict):
+                    raise _Invalid(item, "'<<' merges only mappings")
+                for key, merged_value in value.items():
+                    out.setdefault(key, merged_value)
+        return out
+
+    def _too_big(self, node: Node) -> _Invalid:
+        return _Invalid(
+            node,
+            f"the document expands to more than {self.limits.max_nodes} values (through "
+            "aliases?); manifests are small, so this looks like an alias bomb",
+        )
+
+
+def _check_depth(data: bytes, path: str, limits: Limits) -> Problem | None:
+    """Refuse deep nesting before libyaml's recursive composer sees it."""
+    if sum(data.count(c) for c in _STRUCTURE_CHARS) <= limits.structure_scan_over:
+        return None
+    loader = _Loader(data)
+    depth = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > limits.max_depth:
+                    mark = event.start_mark
+                    return Problem(
+                        path=path,
+                        line=mark.line + 1 if mark else 1,
+                        column=mark.column + 1 if mark else 1,
+                        message=f"nested deeper than {limits.max_depth} levels",
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # the real parse reports the syntax error with its context
+    finally:
+        loader.dispose()
+    return None
+
+
+def _yaml_problem(path: str, exc: yaml.YAMLError, line_offset: int) -> Problem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    message = f"invalid YAML: {problem}"
+    if context:
+        message += f" ({context})"
+    if mark is None:
+        return Problem(path=path, line=1 + line_offset, column=1, message=message)
+    return Problem(
+        path=path, line=mark.line + 1 + line_offset, column=mark.column + 1, message=message
+    )
+
+
+def compose_documents(data: bytes) -> Iterator[Node | None]:
+    """The node graph of each document (None for an empty one), in order."""
+    loader = _Loader(data)
+    try:
+        while loader.check_node():
+            yield loader.get_node()
+    finally:
+        loader.dispose()
+
+
+def _next_document_start(data: bytes, after_line: int) -> tuple[bytes, int] | None:
+    """The text from the first '---' line after `after_line` (0-based), and its line."""
+    lines = data.split(b"\n")
+    for number in range(after_line + 1, len(lines)):
+        if lines[number].startswith(b"---"):
+            return b"\n".join(lines[number:]), number
+    return None
+
+
+def _iter_documents(
+    data: bytes, path: str, limits: Limits
+) -> Iterator[tuple[Node | None, int] | Problem]:
+    """Each document's node graph and line offset, or the problem that ended one.
+
+    A syntax error ends its document, not the file: composing resumes at the next
+    '---' line, so one broken document never hides the others.
+    """
+    line_offset = 0
+    while True:
+        deep = _check_depth(data, path, limits)
+        if deep is not None:
+            yield Problem(
+                path=path, line=deep.line + line_offset, column=deep.column, message=deep.message
+            )
+            return
+        try:
+            for node in compose_documents(data):
+                yield node, line_offset
+            return
+        except yaml.YAMLError as exc:
+            yield _yaml_problem(path, exc, line_offset)
+            mark = getattr(exc, "problem_mark", None)
+            rest = _next_document_start(data, mark.line if mark else 0)
+            if rest is None:
+                return
+            data, skipped = rest
+            line_offset += skipped
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside: loading makes many small acyclic objects,
+    and full collections over them cost more than the parse itself. Nests safely."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def too_large(path: str, size: int, limits: Limits) -> Problem:
+    """The problem of a file over `limits.max_bytes`, found before reading it all."""
+    return Problem(
+        path=path,
+        line=1,
+        column=1,
+        message=f"file is {size} bytes, over the {limits.max_bytes}-byte limit for a manifest "
+        "file; split it into several files",
+    )
+
+
+def parse_bytes(data: bytes, path: str, limits: Limits = DEFAULT_LIMITS) -> ParsedFile:
+    """Parse a whole file into plain data. Never raises: failures become `Problem`s."""
+    parsed = ParsedFile(path)
+    if len(data) > limits.max_bytes:
+        parsed.problems.append(too_large(path, len(data), limits))
+        return parsed
+    has_anchors = b"&" in data or b"*" in data
+    with paused_gc():
+        index = 0
+        for item in _iter_documents(data, path, limits):
+            if isinstance(item, Problem):
+                parsed.problems.append(item)
+                continue
+            if index >= limits.max_documents:
+                parsed.problems.append(
+                    Problem(
+                        path=path,
+                        line=1,
+                        column=1,
+                        message=f"more than {limits.max_documents} documents in one file; "
+                        "split it into several files",
+                    )
+                )
+                break
+            node, line_offset = item
+            if node is not None:
+                _add_document(parsed, node, index, limits, line_offset, has_anchors=has_anchors)
+            index += 1
+    return parsed
+
+
+def _add_document(
+    parsed: ParsedFile,
+    node: Node,
+    index: int,
+    limits: Limits,
+    line_offset: int,
+    *,
+    has_anchors: bool,
+) -> None:
+    position = _mark(node, line_offset)
+    try:
+        try:
+            if has_anchors:
+                raise _Fallback
+            data = _build_plain(node, 0, limits.max_depth)
+        except _Fallback:
+            data = _Builder(limits).build(node)
+    except _Invalid as exc:
+        at = _mark(exc.node, line_offset)
+        parsed.problems.append(
+            Problem(path=parsed.path, line=at.line, column=at.column, message=exc.message)
+        )
+        return
+    except (ConstructorError, ValueError, OverflowError) as exc:
+        parsed.problems.append(
+            Problem(
+                path=parsed.path,
+                line=position.line,
+                column=position.column,
+                message=f"invalid YAML value: {exc}",
+            )
+        )
+        return
+    parsed.documents.append(Document(index=index, position=position, data=data))
+
+
+def locate(
+    data: bytes,
+    document: Position,
+    path: Sequence[str | int],
+    *,
+    key: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Position:
+    """Where the value at `path` inside the document starting at `document` is written.
+
+    `key=True` points at the key rather than its value (an unknown field). A path
+    that leaves the document (a missing field) stops at the deepest key that exists.
+    """
+    for item in _iter_documents(data, "", limits):
+        if isinstance(item, Problem):
+            continue
+        node, line_offset = item
+        if node is not None and _mark(node, line_offset) == document:
+            found = _walk(node, path, key=key)
+            return Position(found.line + line_offset, found.column)
+    return document
+
+
+def _walk(node: Node, path: Sequence[str | int], *, key: bool) -> Position:
+    anchor = node  # where a missing step is shown: the key of its parent
+    for step in path:
+        found: tuple[Node, Node] | None = None
+        if isinstance(node, MappingNode):
+            found = _find_key(node, step)
+        elif (
+            isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value)
+        ):
+            found = (node.value[step], node.value[step])
+        if found is None:
+            return _mark(anchor, 0)
+        anchor, node = found
+    return _mark(anchor if key else node, 0)
+
+
+def _find_key(node: MappingNode, step: str | int) -> tuple[Node, Node] | None:
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            continue
+        if isinstance(key_node, ScalarNode) and key_node.value == str(step):
+            return key_node, value_node
+    for key_node, value_node in node.value:  # then keys brought in by '<<'
+        if key_node.tag != _MERGE:
+            continue
+        sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+        for source in sources:
+            if isinstance(source, MappingNode):
+                hit = _find_key(source, step)
+                if hit is not None:
+                    return hit
+    return None

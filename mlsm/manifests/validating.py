@@ -1,0 +1,380 @@
+"""Plain YAML data -> a validated manifest, or problems that say where and how to fix.
+
+Dispatches on `kind`, validates with the kind's pydantic model (camelCase keys only,
+strict types), and turns each pydantic error into a `Problem`: located through the
+YAML node marks, with a message that names the value and what would be right.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shlex
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from mlsm import schemas
+from mlsm.manifests.parsing import Document, Position, locate
+from mlsm.manifests.problems import Problem, format_field
+
+__all__ = ["Located", "Locator", "validate_document"]
+
+_REQUIRED_TOP = ("apiVersion", "kind", "metadata", "spec")
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A valid manifest and where it was written."""
+
+    manifest: schemas.Node | schemas.Dataset | schemas.TrainingJob
+    path: str
+    document: int
+    position: Position
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def name(self) -> str:
+        return self.manifest.metadata.name
+
+
+class Locator:
+    """Finds where a field is written, reading each file at most once (errors only)."""
+
+    def __init__(self, read: Callable[[str], bytes]) -> None:
+        self._read = read
+        self._cache: dict[str, bytes] = {}
+
+    def text(self, path: str) -> bytes:
+        if path not in self._cache:
+            try:
+                self._cache[path] = self._read(path)
+            except OSError:
+                self._cache[path] = b""
+        return self._cache[path]
+
+    def find(
+        self, path: str, document: Position, field: Sequence[str | int], *, key: bool = False
+    ) -> Position:
+        return locate(self.text(path), document, field, key=key)
+
+    def scalar_text(self, path: str, at: Position) -> str | None:
+        """The scalar as written at `at` ('3.10' where YAML read the number 3.1)."""
+        lines = self.text(path).split(b"\n")
+        if not 0 < at.line <= len(lines):
+            return None
+        line = lines[at.line - 1].decode("utf-8", "replace")
+        match = re.match(r"[^\s,\]}#]+", line[at.column - 1 :])
+        return match.group(0) if match else None
+
+
+def _name_of(data: dict[Any, Any]) -> str | None:
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
+        return str(metadata["name"])
+    return None
+
+
+def validate_document(
+    document: Document, *, path: str, locator: Locator
+) -> Located | list[Problem]:
+    """Validate one document's data; a list of problems when it is not valid."""
+    data = document.data
+    at = document.position
+    if not isinstance(data, dict):
+        got = _describe(data)
+        return [
+            Problem(
+                path=path,
+                line=at.line,
+                column=at.column,
+                message=f"a manifest must be a mapping with {', '.join(_REQUIRED_TOP)}; got {got}",
+            )
+        ]
+    name = _name_of(data)
+    kind = data.get("kind")
+    problems = []
+    if "apiVersion" not in data:
+        problems.append(
+            Problem(
+                path=path,
+                line=at.line,
+                column=at.column,
+                kind=_str_or_none(kind),
+                name=name,
+                field="apiVersion",
+                message=f"required field is missing; add 'apiVersion: {schemas.API_VERSION}'",
+            )
+        )
+    model = schemas.KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        problems.append(
+            _kind_problem(kind, path=path, document=document, name=name, locator=locator)
+        )
+        return problems
+    try:
+        manifest = model.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            problems.append(
+                _translate(
+                    error,
+                    model,
+                    path=path,
+                    document=document,
+                    kind=str(kind),
+                    name=name,
+                    locator=locator,
+                )
+            )
+        return problems
+    if problems:
+        return problems
+    return Located(manifest=manifest, path=path, document=document.index, position=at)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _kind_problem(
+    kind: Any, *, path: str, document: Document, name: str | None, locator: Locator
+) -> Problem:
+    kinds = ", ".join(schemas.KINDS)
+    if kind is None:
+        at = document.position
+        return Problem(
+            path=path,
+            line=at.line,
+            column=at.column,
+            name=name,
+            field="kind",
+            message=f"required field is missing; set it to one of {kinds}",
+        )
+    at = locator.find(path, document.position, ["kind"])
+    hint = _did_you_mean(str(kind), list(schemas.KINDS))
+    return Problem(
+        path=path,
+        line=at.line,
+        column=at.column,
+        kind=_str_or_none(kind),
+        name=name,
+        field="kind",
+        message=f"unknown kind {_describe(kind)}{hint} ({schemas.API_VERSION} kinds: {kinds})",
+    )
+
+
+def _did_you_mean(value: str, choices: Sequence[str]) -> str:
+    folded = {choice.lower().replace("_", "").replace("-", ""): choice for choice in choices}
+    exact = folded.get(value.lower().replace("_", "").replace("-", ""))
+    if exact is not None:
+        return f"; did you mean '{exact}'?"
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _translate(
+    error: ErrorDetails,
+    model: type[BaseModel],
+    *,
+    path: str,
+    document: Document,
+    kind: str,
+    name: str | None,
+    locator: Locator,
+) -> Problem:
+    loc = list(error["loc"])
+    on_key = False
+    if loc and loc[-1] == "[key]":  # a dict key failed validation: point at the key
+        loc.pop()
+        on_key = True
+    kind_of_error = error["type"]
+    on_key = on_key or kind_of_error == "extra_forbidden"
+    at = locator.find(path, document.position, loc, key=on_key)
+    message = _message(error, model, loc, written=lambda: locator.scalar_text(path, at))
+    return Problem(
+        path=path,
+        line=at.line,
+        column=at.column,
+        kind=kind,
+        name=name,
+        field=format_field(loc) or None,
+        message=message,
+    )
+
+
+def _message(
+    error: ErrorDetails,
+    model: type[BaseModel],
+    loc: Sequence[str | int],
+    *,
+    written: Callable[[], str | None],
+) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    got = _describe(value)
+    if kind == "missing":
+        return _missing(model, loc)
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(model, loc[:-1])
+        hint = _did_you_mean(str(loc[-1]), allowed) if allowed else ""
+        if not hint and allowed:
+            hint = f"; allowed here: {', '.join(allowed)}"
+        return f"unknown field{hint}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error["msg"]))
+    bounds = {
+        "greater_than_equal": (">=", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("<=", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        op, key = bounds[kind]
+        return f"must be {op} {ctx.get(key)}, got {_plain(value)}"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        hint = _did_you_mean(str(value), choices) if isinstance(value, str) else ""
+        listed = ", ".join(f"'{c}'" for c in choices)
+        if list(loc) == ["apiVersion"]:
+            return (
+                f"unsupported apiVersion {got}; this mlsm reads '{schemas.API_VERSION}' "
+                "(a newer mlsm may be needed)"
+            )
+        return f"must be one of {listed}, got {got}{hint}"
+    if kind == "string_type":
+        hint = ""
+        if isinstance(value, (int, float, bool)) or value is None:
+            text = written() or _plain(value)
+            hint = f'; quote it: "{text}"'
+        return f"must be a string, got {got}{hint}"
+    if kind == "list_type":
+        hint = ""
+        if isinstance(value, str):
+            try:
+                hint = f"; write it as a list: {json.dumps(shlex.split(value))}"
+            except ValueError:
+                hint = f"; write it as a list: [{json.dumps(value)}]"
+        return f"must be a list, got {got}{hint}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        if value is None:
+            return "is empty; give it fields, or remove the key"
+        return f"must be a mapping (key: value), got {got}"
+    if kind in ("int_type", "int_from_float", "int_parsing"):
+        return f"must be a whole number, got {got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, got {got}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, got {got}"
+    if kind in ("too_short", "string_too_short"):
+        minimum = ctx.get("min_length", 1)
+        if kind == "string_too_short" and minimum == 1:
+            return "must not be empty"
+        unit = "character" if kind == "string_too_short" else "item"
+        return f"must have at least {minimum} {unit}{'s' if minimum != 1 else ''}"
+    if kind in ("too_long", "string_too_long"):
+        unit = "characters" if kind == "string_too_long" else "items"
+        return f"must have at most {ctx.get('max_length')} {unit}"
+    return str(error["msg"])
+
+
+def _missing(model: type[BaseModel], loc: Sequence[str | int]) -> str:
+    parent = _model_at(model, loc[:-1])
+    field = _field_by_alias(parent, str(loc[-1])) if parent else None
+    message = "required field is missing"
+    if field is not None:
+        if field.examples:
+            example = json.dumps({str(loc[-1]): field.examples[0]})
+            message += f"; for example {example[1:-1]}"
+        elif field.description:
+            message += f" ({field.description.rstrip('.')})"
+    return message
+
+
+def _field_by_alias(model: type[BaseModel], alias: str) -> Any:
+    for name, info in model.model_fields.items():
+        if (info.alias or name) == alias:
+            return info
+    return None
+
+
+def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    parent = _model_at(model, loc)
+    if parent is None:
+        return []
+    return [info.alias or name for name, info in parent.model_fields.items()]
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated[...] and Optional[...] down to the type that holds the value."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if len(options) != 1:
+                return annotation
+            annotation = options[0]
+        else:
+            return annotation
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class that validates the mapping at `loc`, if one does."""
+    current: Any = model
+    for step in loc:
+        current = _unwrap(current)
+        origin = typing.get_origin(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = _field_by_alias(current, str(step))
+            if field is None:
+                return None
+            current = field.annotation
+        elif origin is list:
+            current = typing.get_args(current)[0]
+        elif origin is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return None
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _plain(value: Any) -> str:
+    """A value as YAML would show it: true, null, 3.5, text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(value: Any) -> str:
+    """A value for 'got ...': 'the number 3.1', 'a list', "'text'"."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {_plain(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {_plain(value)}"
+    if isinstance(value, str):
+        return repr(_plain(value))
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__

@@ -1,0 +1,66 @@
+"""The base model and the metadata every manifest carries.
+
+Models of what users write are strict (unknown keys rejected, no string-to-number
+coercion, frozen). Field names are snake_case in Python and camelCase in YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from mlsm.schemas.fields import Labels, ResourceName
+
+__all__ = ["API_VERSION", "ObjectMeta", "SpecModel"]
+
+API_VERSION: Final = "mlsm/v1"
+
+
+class SpecModel(BaseModel):
+    """Base of every model users write in a manifest."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        use_attribute_docstrings=False,
+    )
+
+    def to_manifest_dict(self) -> dict[str, Any]:
+        """The YAML-ready form: camelCase keys, quantities as '16Gi', no unset defaults."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+class ObjectMeta(SpecModel):
+    """Identity of an object, as in Kubernetes. Status is never written in git."""
+
+    name: ResourceName = Field(
+        description="Unique name among objects of this kind: a DNS-1123 label "
+        "(lowercase letters, digits and '-', at most 63 characters).",
+        examples=["vit-small-digits"],
+    )
+    labels: Labels = Field(
+        default_factory=dict,
+        description="Key/value pairs used by selectors (a job's nodeSelector matches a "
+        "Node's labels). Keys and values follow Kubernetes label syntax.",
+        examples=[{"gpu": "a100", "team": "vision"}],
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free-form notes for tools and people; never used for selection.",
+    )
+    owner: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="Who is responsible for the object (a username or e-mail). Fair share "
+        "between owners uses it; when unset, the author of the commit that added the "
+        "object is used.",
+        examples=["alice"],
+    )

@@ -1,0 +1,248 @@
+"""The TrainingJob manifest: what to run, where, with which data and resources."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Self
+
+from pydantic import AfterValidator, Field, model_validator
+
+from mlsm.schemas.base import API_VERSION, ObjectMeta, SpecModel
+from mlsm.schemas.datasets import check_storage_path
+from mlsm.schemas.fields import Bytes, Cores, Duration, LabelKey, LabelValue, ResourceName
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DockerRuntime",
+    "JobResources",
+    "JobRuntime",
+    "Monitor",
+    "Toleration",
+    "TrainerConfig",
+    "TrainingJob",
+    "TrainingJobSpec",
+    "VenvRuntime",
+]
+
+BUILTIN_MODELS = ("vit-tiny", "vit-small", "vit-base")
+"""Model configs the built-in trainer can build and train from scratch ('builtin:vit-tiny')."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RESERVED_ENV = ("MLSM_", "CUDA_VISIBLE_DEVICES")
+_PYTHON_VERSION = re.compile(r"3(\.[0-9]+){0,2}")
+_IMAGE = re.compile(r"[^\s]+")
+
+
+def _check_python(value: str) -> str:
+    if not _PYTHON_VERSION.fullmatch(value):
+        raise ValueError(f"must be a Python 3 version such as '3.11', got '{value}'")
+    return value
+
+
+def _check_image(value: str) -> str:
+    if not _IMAGE.fullmatch(value):
+        raise ValueError(f"must be an image reference without spaces, got '{value}'")
+    return value
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            f"environment variable name '{value}' is invalid: use letters, digits and '_', "
+            "not starting with a digit"
+        )
+    if value.startswith(_RESERVED_ENV):
+        raise ValueError(f"'{value}' is set by the agent for every run; choose another name")
+    return value
+
+
+def _check_model(value: str) -> str:
+    if value.startswith("builtin:"):
+        name = value.removeprefix("builtin:")
+        if name not in BUILTIN_MODELS:
+            choices = ", ".join(f"builtin:{m}" for m in BUILTIN_MODELS)
+            raise ValueError(f"unknown built-in model '{name}'; choose one of {choices}")
+        return value
+    return check_storage_path(value)
+
+
+class VenvRuntime(SpecModel):
+    """A Python virtual environment built on the node, cached by its requirements."""
+
+    python: Annotated[str, AfterValidator(_check_python)] = Field(
+        default="3",
+        description="Python version for the environment ('3.11'). Quote it in YAML: "
+        "3.10 unquoted is the number 3.1.",
+    )
+    requirements: list[str] = Field(
+        default_factory=list,
+        description="pip requirement specifiers, as in requirements.txt.",
+        examples=[["torch==2.13.0", "transformers>=4.46"]],
+    )
+    system_site_packages: bool = Field(
+        default=False,
+        description="Let the environment see the node's preinstalled packages (e.g. a "
+        "system torch built for its GPUs).",
+    )
+
+
+class DockerRuntime(SpecModel):
+    """A container image run through the node's Docker Engine API."""
+
+    image: Annotated[str, AfterValidator(_check_image)] = Field(
+        description="Image reference ('pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime').",
+        examples=["localhost/trainer:latest"],
+    )
+
+
+class JobRuntime(SpecModel):
+    """Where the job's process runs: exactly one of venv or docker."""
+
+    venv: VenvRuntime | None = Field(default=None, description="Run in a Python venv.")
+    docker: DockerRuntime | None = Field(default=None, description="Run in a container.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.venv is None) == (self.docker is None):
+            which = "both are set" if self.venv else "neither is set"
+            raise ValueError(f"set exactly one of 'venv' or 'docker' ({which})")
+        return self
+
+
+class Monitor(SpecModel):
+    """Which validation metric picks the best checkpoint."""
+
+    metric: Literal["accuracy", "f1", "loss"] = Field(
+        default="accuracy", description="Validation metric to watch (f1 is macro F1)."
+    )
+    mode: Literal["max", "min"] | None = Field(
+        default=None,
+        description="Whether higher or lower is better. Default: min for loss, max otherwise.",
+    )
+
+    @property
+    def effective_mode(self) -> Literal["max", "min"]:
+        """The mode, with the default filled in from the metric."""
+        if self.mode is not None:
+            return self.mode
+        return "min" if self.metric == "loss" else "max"
+
+
+class TrainerConfig(SpecModel):
+    """The built-in trainer: fine-tunes a Hugging Face image classifier on an ImageFolder."""
+
+    model: Annotated[str, AfterValidator(_check_model)] = Field(
+        description="A Hugging Face model folder under the node's storage root "
+        "('models/vit-base'), or 'builtin:vit-tiny' to train a built-in config from scratch.",
+        examples=["models/vit-tiny", "builtin:vit-tiny"],
+    )
+    epochs: int = Field(default=3, ge=1, le=10_000, description="Passes over the train split.")
+    batch_size: int = Field(
+        default=32, ge=1, le=65_536, description="Samples per step per process."
+    )
+    learning_rate: float = Field(
+        default=5e-5, gt=0, le=1, description="Peak learning rate (AdamW)."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of steps spent warming the learning rate up."
+    )
+    scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="linear", description="Learning-rate schedule after warm-up."
+    )
+    pretrained: bool = Field(
+        default=True, description="Start from the model's weights; false trains from its config."
+    )
+    freeze_backbone: bool = Field(default=False, description="Train only the classification head.")
+    monitor: Monitor = Field(default_factory=Monitor, description="Best-checkpoint metric.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on CUDA where supported, off on the CPU."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for data order, init and augmentation.")
+    num_workers: int = Field(default=2, ge=0, le=64, description="DataLoader worker processes.")
+
+
+class JobResources(SpecModel):
+    """What one process group of the job needs on each node it runs on."""
+
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per node (0: a CPU job).")
+    cpu: Cores = Field(default=1.0, description="CPU cores per node (4, or '500m').")
+    memory: Bytes | None = Field(
+        default=None, description="Memory per node ('16Gi'). Default: no reservation."
+    )
+
+
+class Toleration(SpecModel):
+    """Lets the job onto nodes with a matching taint."""
+
+    key: LabelKey = Field(description="Taint key to tolerate.")
+    operator: Literal["Equal", "Exists"] = Field(
+        default="Equal", description="Equal: key and value must match. Exists: any value."
+    )
+    value: LabelValue = Field(default="", description="Taint value (with operator Equal).")
+
+
+class TrainingJobSpec(SpecModel):
+    """Desired state of a job. Changing it bumps the job's generation."""
+
+    runtime: JobRuntime = Field(
+        description="Exactly one of venv or docker.",
+        examples=[{"venv": {"python": "3.11", "requirements": ["numpy"]}}],
+    )
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="The program and its arguments. Exactly one of command or trainer.",
+        examples=[["python", "train.py", "--epochs", "3"]],
+    )
+    trainer: TrainerConfig | None = Field(
+        default=None, description="Run the built-in trainer instead of a command."
+    )
+    dataset: ResourceName | None = Field(
+        default=None,
+        description="Name of a Dataset. The job runs only where an agent reports it, and "
+        "sees it at $MLSM_DATASET_DIR (read-only).",
+    )
+    resources: JobResources = Field(default_factory=JobResources)
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        description="Run only on Nodes whose labels include all of these.",
+        examples=[{"gpu": "a100"}],
+    )
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Higher goes first when GPUs are scarce."
+    )
+    nodes: int = Field(default=1, ge=1, le=64, description="Nodes for a multi-node torchrun job.")
+    retries: int = Field(
+        default=0, ge=0, le=100, description="Failed runs retried up to this many times."
+    )
+    max_duration: Duration | None = Field(
+        default=None,
+        description="Stop a run after this long ('6h30m'); the job fails with DeadlineExceeded.",
+    )
+    env: dict[Annotated[str, AfterValidator(_check_env_name)], str] = Field(
+        default_factory=dict, description="Extra environment variables for the job."
+    )
+    suspend: bool = Field(
+        default=False, description="true: do not start (a running job is stopped)."
+    )
+
+    @model_validator(mode="after")
+    def _command_or_trainer(self) -> Self:
+        if self.command is None and self.trainer is None:
+            raise ValueError("set one of 'command' or 'trainer' (neither is set)")
+        if self.command is not None and self.trainer is not None:
+            raise ValueError("set only one of 'command' or 'trainer' (both are set)")
+        if self.trainer is not None and self.dataset is None:
+            raise ValueError("the built-in trainer needs 'dataset': name an imagefolder Dataset")
+        return self
+
+
+class TrainingJob(SpecModel):
+    """A training job; merging its manifest is the approval to run it."""
+
+    api_version: Literal["mlsm/v1"] = Field(default=API_VERSION, description="Always mlsm/v1.")
+    kind: Literal["TrainingJob"] = Field(default="TrainingJob", description="Always TrainingJob.")
+    metadata: ObjectMeta
+    spec: TrainingJobSpec
