@@ -101,8 +101,13 @@ def generate(root: Path, count: int, *, broken_every: int = 0) -> None:
     for i in range(count - nodes - datasets):
         template = BROKEN_JOB if broken_every and i % broken_every == 0 else JOB
         text = template.format(
-            i=i, owner=i % 20, project=i % 7, dataset=i % datasets, gpus=1 + i % 4,
-            gpu=gpus[i % 2], priority=i % 3,
+            i=i,
+            owner=i % 20,
+            project=i % 7,
+            dataset=i % datasets,
+            gpus=1 + i % 4,
+            gpu=gpus[i % 2],
+            priority=i % 3,
         )
         (root / "jobs" / f"job-{i}.yaml").write_text(text)
 
@@ -130,7 +135,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print(f"cores: {len(os.sched_getaffinity(0))}, manifests: {args.count}, median of {args.repeat}")
+    print(
+        f"cores: {len(os.sched_getaffinity(0))}, manifests: {args.count}, median of {args.repeat}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         valid, broken = Path(tmp, "valid"), Path(tmp, "broken")
         generate(valid, args.count)

@@ -110,10 +110,10 @@ def validate(
         raise UsageError("'-' (standard input) cannot be mixed with paths")
     else:
         try:
-            result = manifests.load_paths(paths, cross_checks=cross_checks, workers=jobs)
+            result = manifests.check_paths(paths, cross_checks=cross_checks, workers=jobs)
         except manifests.SourceError as exc:
             raise UsageError(str(exc)) from exc
-    print_problems(result.problems, objects=len(result.objects), files=result.files, format=output)
+    print_problems(result.problems, objects=result.checked, files=result.files, format=output)
     if result.problems:
         raise typer.Exit(EXIT_INVALID)
 

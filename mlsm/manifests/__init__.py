@@ -6,11 +6,12 @@ validated against `mlsm.schemas`, located to file:line:col, and cross-checked.
         print(problem)          # jobs/vit.yaml:14:7: error: TrainingJob/vit: spec...
 """
 
-from mlsm.manifests.crosschecking import cross_check, node_rejects
+from mlsm.manifests.crosschecking import Facts, cross_check, facts_of, node_rejects
 from mlsm.manifests.loading import (
     MANIFEST_SUFFIXES,
     LoadResult,
     SourceError,
+    check_paths,
     discover,
     load_bytes,
     load_git_tree,
@@ -23,6 +24,7 @@ from mlsm.manifests.validating import Located
 __all__ = [
     "DEFAULT_LIMITS",
     "MANIFEST_SUFFIXES",
+    "Facts",
     "Limits",
     "LoadResult",
     "Located",
@@ -30,8 +32,10 @@ __all__ = [
     "Position",
     "Problem",
     "SourceError",
+    "check_paths",
     "cross_check",
     "discover",
+    "facts_of",
     "format_field",
     "load_bytes",
     "load_git_tree",

@@ -2,23 +2,108 @@
 
 Run over everything loaded together (a repository, a commit): a job naming a dataset
 that is not defined, a dataset on an unknown node, a job that no Node can ever take.
+The checks read `Facts`, a small summary of each valid object (plain tuples, cheap to
+send between processes), so that a large tree can be validated in worker processes
+and cross-checked in one place.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Collection, Sequence
+from typing import NamedTuple
 
 from mlsm import schemas
+from mlsm.manifests.parsing import Position
 from mlsm.manifests.problems import Problem, format_field
 from mlsm.manifests.validating import Located, Locator
 
-__all__ = ["cross_check", "node_rejects"]
+__all__ = [
+    "DatasetFacts",
+    "Facts",
+    "JobFacts",
+    "NodeFacts",
+    "cross_check",
+    "facts_of",
+    "node_rejects",
+]
+
+
+class NodeFacts(NamedTuple):
+    labels: dict[str, str]
+    runtimes: tuple[str, ...]
+    no_schedule_taints: tuple[tuple[str, str], ...]
+    gpus: int | None
+
+
+class DatasetFacts(NamedTuple):
+    nodes: tuple[str, ...]
+    format: str
+    replicate: bool
+
+
+class JobFacts(NamedTuple):
+    dataset: str | None
+    trainer: bool
+    selector: tuple[tuple[str, str], ...]
+    runtime: str
+    tolerations: tuple[tuple[str, str, str], ...]
+    gpus: int
+    nodes: int
+
+
+class Facts(NamedTuple):
+    """What cross-checks need of one valid object, and where it was written."""
+
+    kind: str
+    name: str
+    path: str
+    line: int
+    column: int
+    details: NodeFacts | DatasetFacts | JobFacts
+
+    @property
+    def position(self) -> Position:
+        return Position(self.line, self.column)
+
+
+def facts_of(located: Located) -> Facts:
+    """The summary of a valid object that cross-checks read."""
+    manifest = located.manifest
+    details: NodeFacts | DatasetFacts | JobFacts
+    if isinstance(manifest, schemas.Node):
+        details = NodeFacts(
+            labels=manifest.metadata.labels,
+            runtimes=tuple(manifest.spec.runtimes),
+            no_schedule_taints=tuple(
+                (t.key, t.value) for t in manifest.spec.taints if t.effect == "NoSchedule"
+            ),
+            gpus=manifest.spec.capacity.gpus,
+        )
+    elif isinstance(manifest, schemas.Dataset):
+        details = DatasetFacts(
+            nodes=tuple(location.node for location in manifest.spec.locations),
+            format=manifest.spec.format,
+            replicate=manifest.spec.replicate,
+        )
+    else:
+        spec = manifest.spec
+        details = JobFacts(
+            dataset=spec.dataset,
+            trainer=spec.trainer is not None,
+            selector=tuple(sorted(spec.node_selector.items())),
+            runtime="venv" if spec.runtime.venv is not None else "docker",
+            tolerations=tuple(sorted((t.key, t.operator, t.value) for t in spec.tolerations)),
+            gpus=spec.resources.gpus,
+            nodes=spec.nodes,
+        )
+    at = located.position
+    return Facts(located.kind, located.name, located.path, at.line, at.column, details)
 
 
 def cross_check(
-    objects: Sequence[Located],
+    objects: Sequence[Facts],
     locator: Locator,
     *,
     broken: Collection[tuple[str, str]] = (),
@@ -30,12 +115,10 @@ def cross_check(
     said to match no Node.
     """
     problems: list[Problem] = []
-    unique: dict[tuple[str, str], Located] = {}
+    unique: dict[tuple[str, str], Facts] = {}
     for obj in objects:
-        key = (obj.kind, obj.name)
-        first = unique.get(key)
-        if first is None:
-            unique[key] = obj
+        first = unique.setdefault((obj.kind, obj.name), obj)
+        if first is obj:
             continue
         was = locator.find(first.path, first.position, ["metadata", "name"])
         problems.append(
@@ -47,20 +130,23 @@ def cross_check(
                 f"{first.path}:{was.line}:{was.column}; rename or remove one",
             )
         )
-    nodes = {o.name: o.manifest for o in unique.values() if isinstance(o.manifest, schemas.Node)}
-    datasets = {
-        o.name: o.manifest for o in unique.values() if isinstance(o.manifest, schemas.Dataset)
-    }
-    matcher = _Matcher(nodes)
+    nodes = {o.name: o.details for o in unique.values() if isinstance(o.details, NodeFacts)}
+    datasets = {o.name: o.details for o in unique.values() if isinstance(o.details, DatasetFacts)}
+    matcher = None if any(kind == "Node" for kind, _ in broken) else _Matcher(nodes)
     for obj in unique.values():
-        if isinstance(obj.manifest, schemas.Dataset):
-            problems.extend(_check_dataset(obj, obj.manifest, nodes, broken, locator))
-        elif isinstance(obj.manifest, schemas.TrainingJob):
-            problems.extend(_check_job(obj, obj.manifest, matcher, datasets, broken, locator))
+        if isinstance(obj.details, DatasetFacts):
+            problems.extend(
+                _problem(obj, locator, ["spec", "locations", index, "node"],
+                         _undefined("Node", node, list(nodes)))
+                for index, node in enumerate(obj.details.nodes)
+                if node not in nodes and ("Node", node) not in broken
+            )  # fmt: skip
+        elif isinstance(obj.details, JobFacts):
+            problems.extend(_check_job(obj, obj.details, matcher, datasets, broken, locator))
     return problems
 
 
-def _problem(obj: Located, locator: Locator, field: list[str | int], message: str) -> Problem:
+def _problem(obj: Facts, locator: Locator, field: list[str | int], message: str) -> Problem:
     at = locator.find(obj.path, obj.position, field)
     return Problem(
         path=obj.path,
@@ -81,157 +167,132 @@ def _undefined(kind: str, name: str, defined: Sequence[str]) -> str:
     return f"{kind} '{name}' is not defined in the manifests checked{hint}{where}"
 
 
-def _check_dataset(
-    obj: Located,
-    dataset: schemas.Dataset,
-    nodes: dict[str, schemas.Node],
-    broken: Collection[tuple[str, str]],
-    locator: Locator,
-) -> list[Problem]:
-    return [
-        _problem(
-            obj,
-            locator,
-            ["spec", "locations", index, "node"],
-            _undefined("Node", location.node, list(nodes)),
-        )
-        for index, location in enumerate(dataset.spec.locations)
-        if location.node not in nodes and ("Node", location.node) not in broken
-    ]
-
-
-def node_rejects(node: schemas.Node, job: schemas.TrainingJob) -> str | None:
+def node_rejects(node: NodeFacts, job: JobFacts) -> str | None:
     """Why `node` can never take `job` (static reasons only), or None when it can."""
-    for key, value in job.spec.node_selector.items():
-        if node.metadata.labels.get(key) != value:
-            return f"lacks label {key}={value}"
-    runtime = "venv" if job.spec.runtime.venv is not None else "docker"
-    if runtime not in node.spec.runtimes:
-        return f"does not allow runtime {runtime}"
-    for taint in node.spec.taints:
-        if taint.effect != "NoSchedule":
-            continue
+    for key, value in job.selector:
+        if node.labels.get(key) != value:
+            return f"lack label {key}={value}"
+    if job.runtime not in node.runtimes:
+        return f"do not allow runtime {job.runtime}"
+    for key, value in node.no_schedule_taints:
         if not any(
-            t.key == taint.key and (t.operator == "Exists" or t.value == taint.value)
-            for t in job.spec.tolerations
+            t_key == key and (operator == "Exists" or t_value == value)
+            for t_key, operator, t_value in job.tolerations
         ):
-            return f"has taint {taint.key}={taint.value}:NoSchedule that the job does not tolerate"
+            return f"have taint {key}={value}:NoSchedule that the job does not tolerate"
     return None
+
+
+class _Match(NamedTuple):
+    names: list[str]
+    reasons: Counter[str]
+    most_gpus: int | None
+    """The most GPUs any matching Node declares; None when one declares nothing."""
 
 
 class _Matcher:
     """Which Nodes can take a job, computed once per distinct set of requirements
     (selector, runtime, tolerations): jobs share them, so this stays near linear."""
 
-    def __init__(self, nodes: dict[str, schemas.Node]) -> None:
+    def __init__(self, nodes: dict[str, NodeFacts]) -> None:
         self.nodes = nodes
-        self._memo: dict[Hashable, tuple[list[str], Counter[str]]] = {}
+        self._memo: dict[tuple[object, ...], _Match] = {}
 
-    def match(self, job: schemas.TrainingJob) -> tuple[list[str], Counter[str]]:
-        """Names of the Nodes that can take `job`, and how many fail for each reason."""
-        spec = job.spec
-        key = (
-            tuple(sorted(spec.node_selector.items())),
-            spec.runtime.venv is None,
-            tuple(sorted((t.key, t.operator, t.value) for t in spec.tolerations)),
-        )
+    def match(self, job: JobFacts) -> _Match:
+        key = (job.selector, job.runtime, job.tolerations)
         found = self._memo.get(key)
         if found is None:
             reasons: Counter[str] = Counter()
-            matching = []
+            names = []
             for name, node in self.nodes.items():
                 reason = node_rejects(node, job)
                 if reason is None:
-                    matching.append(name)
+                    names.append(name)
                 else:
                     reasons[reason] += 1
-            found = self._memo[key] = (matching, reasons)
+            declared = [self.nodes[name].gpus for name in names]
+            most = None if None in declared else max((g or 0 for g in declared), default=0)
+            found = self._memo[key] = _Match(names, reasons, most)
         return found
 
 
 def _check_job(
-    obj: Located,
-    job: schemas.TrainingJob,
-    matcher: _Matcher,
-    datasets: dict[str, schemas.Dataset],
+    obj: Facts,
+    job: JobFacts,
+    matcher: _Matcher | None,
+    datasets: dict[str, DatasetFacts],
     broken: Collection[tuple[str, str]],
     locator: Locator,
 ) -> list[Problem]:
     problems = []
-    spec = job.spec
-    dataset = datasets.get(spec.dataset) if spec.dataset else None
-    if spec.dataset and dataset is None and ("Dataset", spec.dataset) not in broken:
+    dataset = datasets.get(job.dataset) if job.dataset else None
+    if job.dataset and dataset is None and ("Dataset", job.dataset) not in broken:
         problems.append(
             _problem(
                 obj,
                 locator,
                 ["spec", "dataset"],
-                _undefined("Dataset", spec.dataset, list(datasets)),
+                _undefined("Dataset", job.dataset, list(datasets)),
             )
         )
-    if dataset is not None and spec.trainer is not None and dataset.spec.format != "imagefolder":
+    if dataset is not None and job.trainer and dataset.format != "imagefolder":
         problems.append(
             _problem(
                 obj,
                 locator,
                 ["spec", "dataset"],
-                f"the built-in trainer reads imagefolder datasets; Dataset '{spec.dataset}' "
-                f"has format {dataset.spec.format}",
+                f"the built-in trainer reads imagefolder datasets; Dataset '{job.dataset}' "
+                f"has format {dataset.format}",
             )
         )
-    if any(kind == "Node" for kind, _ in broken):
-        return problems  # which nodes exist is unsure: no verdict on matching
-    nodes = matcher.nodes
-    names, reasons = matcher.match(job)
-    matching = [(name, nodes[name]) for name in names]
-    if not matching:
-        detail = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
-        field: list[str | int] = ["spec", "nodeSelector"] if spec.node_selector else ["spec"]
+    if matcher is None:
+        return problems  # a Node is broken: which nodes exist is unsure, so no verdict
+    match = matcher.match(job)
+    if not match.names:
+        detail = ", ".join(f"{count} {reason}" for reason, count in match.reasons.most_common())
+        field: list[str | int] = ["spec", "nodeSelector"] if job.selector else ["spec"]
+        total = len(matcher.nodes)
         problems.append(
             _problem(
                 obj,
                 locator,
                 field,
-                f"no Node can run this job: 0/{len(nodes)} Nodes match"
+                f"no Node can run this job: 0/{total} Nodes match"
                 + (f" ({detail})" if detail else ""),
             )
         )
         return problems
-    if spec.nodes > len(matching):
+    if job.nodes > len(match.names):
+        count = len(match.names)
         problems.append(
             _problem(
                 obj,
                 locator,
                 ["spec", "nodes"],
-                f"asks for {spec.nodes} nodes but only {len(matching)} Node"
-                f"{'s' if len(matching) != 1 else ''} match: "
-                + ", ".join(name for name, _ in matching),
+                f"asks for {job.nodes} nodes but only {count} Node{'s' if count != 1 else ''} "
+                f"match: {', '.join(match.names)}",
             )
         )
-    declared = [node.spec.capacity.gpus for _, node in matching]
-    if spec.resources.gpus and all(gpus is not None for gpus in declared):
-        most = max(gpus or 0 for gpus in declared)
-        if spec.resources.gpus > most:
-            problems.append(
-                _problem(
-                    obj,
-                    locator,
-                    ["spec", "resources", "gpus"],
-                    f"asks for {spec.resources.gpus} GPUs per node but the matching Nodes "
-                    f"declare at most {most}; lower it or select bigger nodes",
-                )
+    if job.gpus and match.most_gpus is not None and job.gpus > match.most_gpus:
+        problems.append(
+            _problem(
+                obj,
+                locator,
+                ["spec", "resources", "gpus"],
+                f"asks for {job.gpus} GPUs per node but the matching Nodes declare at most "
+                f"{match.most_gpus}; lower it or select bigger nodes",
             )
-    if dataset is not None and dataset.spec.locations and not dataset.spec.replicate:
-        holders = {location.node for location in dataset.spec.locations}
-        if not holders & {name for name, _ in matching}:
-            problems.append(
-                _problem(
-                    obj,
-                    locator,
-                    ["spec", "dataset"],
-                    f"Dataset '{spec.dataset}' lies only on {', '.join(sorted(holders))}, "
-                    "where this job cannot run, and may not be replicated; widen the "
-                    "nodeSelector or set replicate: true on the Dataset",
-                )
+        )
+    holders = set(dataset.nodes) if dataset is not None and not dataset.replicate else set()
+    if holders and not holders & set(match.names):
+        problems.append(
+            _problem(
+                obj,
+                locator,
+                ["spec", "dataset"],
+                f"Dataset '{job.dataset}' lies only on {', '.join(sorted(holders))}, where this "
+                "job cannot run, and may not be replicated; widen the nodeSelector or set "
+                "replicate: true on the Dataset",
             )
+        )
     return problems

@@ -15,14 +15,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlsm.errors import UserError
-from mlsm.manifests.crosschecking import cross_check
+from mlsm.manifests.crosschecking import Facts, cross_check, facts_of
 from mlsm.manifests.parsing import (
     DEFAULT_LIMITS,
     Limits,
-    ParsedFile,
     parse_bytes,
     paused_gc,
     too_large,
@@ -34,6 +33,7 @@ __all__ = [
     "MANIFEST_SUFFIXES",
     "LoadResult",
     "SourceError",
+    "check_paths",
     "discover",
     "load_bytes",
     "load_git_tree",
@@ -54,8 +54,11 @@ class LoadResult:
     """Every valid object, and every problem, of one load."""
 
     objects: list[Located] = field(default_factory=list)
+    """The valid objects (empty from `check_paths`, which only counts them)."""
     problems: list[Problem] = field(default_factory=list)
     files: int = 0
+    checked: int = 0
+    """How many valid objects were found."""
 
     @property
     def ok(self) -> bool:
@@ -99,14 +102,41 @@ def _read_file(path: str, limits: Limits) -> bytes | Problem:
         return Problem(path=path, line=1, column=1, message=f"cannot read: {exc.strerror or exc}")
 
 
-def _read_and_parse(paths: Sequence[str], limits: Limits) -> list[ParsedFile]:
-    out = []
-    for path in paths:
-        data = _read_file(path, limits)
-        if isinstance(data, Problem):
-            out.append(ParsedFile(path, problems=[data]))
+class _FileOutcome(NamedTuple):
+    """One file, read, parsed and validated (plain tuples: cheap between processes)."""
+
+    path: str
+    objects: list[Located]
+    facts: list[Facts]
+    problems: list[Problem]
+    broken: list[tuple[str, str]]
+
+
+def _check_bytes(data: bytes, path: str, limits: Limits, *, keep: bool) -> _FileOutcome:
+    parsed = parse_bytes(data, path, limits)
+    outcome = _FileOutcome(path, [], [], parsed.problems, [])
+    locator = Locator(lambda _: data)
+    for document in parsed.documents:
+        result = validate_document(document, path=path, locator=locator)
+        if isinstance(result, Located):
+            outcome.facts.append(facts_of(result))
+            if keep:
+                outcome.objects.append(result)
         else:
-            out.append(parse_bytes(data, path, limits))
+            outcome.problems.extend(result)
+            outcome.broken.append(_identity(document.data))
+    return outcome
+
+
+def _check_files(paths: Sequence[str], limits: Limits, keep: bool) -> list[_FileOutcome]:
+    out = []
+    with paused_gc():
+        for path in paths:
+            data = _read_file(path, limits)
+            if isinstance(data, Problem):
+                out.append(_FileOutcome(path, [], [], [data], []))
+            else:
+                out.append(_check_bytes(data, path, limits, keep=keep))
     return out
 
 
@@ -117,52 +147,45 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _parse_files(paths: Sequence[str], limits: Limits, workers: int | None) -> Iterator[ParsedFile]:
+def _check_in_workers(
+    paths: Sequence[str], limits: Limits, workers: int | None
+) -> Iterator[_FileOutcome]:
+    """Outcomes of every file, from forked workers when there are enough files."""
     workers = _cpu_count() if workers is None else workers
-    if (
-        workers <= 1
-        or len(paths) < PARALLEL_MIN_FILES
-        or "fork" not in (multiprocessing.get_all_start_methods())
-    ):
-        yield from _read_and_parse(paths, limits)
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if workers <= 1 or len(paths) < PARALLEL_MIN_FILES or not can_fork:
+        yield from _check_files(paths, limits, False)
         return
     size = max(64, len(paths) // (workers * 4))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     done = 0
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for parsed in pool.map(_read_and_parse, chunks, repeat(limits)):
-                yield from parsed
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for outcomes in pool.map(_check_files, chunks, repeat(limits), repeat(False)):
+                yield from outcomes
                 done += 1
     except (BrokenProcessPool, OSError):  # a worker died (memory?): finish here
         for chunk in chunks[done:]:
-            yield from _read_and_parse(chunk, limits)
+            yield from _check_files(chunk, limits, False)
 
 
-def _validate(
-    parsed_files: Iterable[ParsedFile], locator: Locator, *, cross_checks: bool
-) -> LoadResult:
-    with paused_gc():
-        return _validate_all(parsed_files, locator, cross_checks=cross_checks)
-
-
-def _validate_all(
-    parsed_files: Iterable[ParsedFile], locator: Locator, *, cross_checks: bool
+def _finish(
+    outcomes: Iterable[_FileOutcome], locator: Locator, *, cross_checks: bool
 ) -> LoadResult:
     result = LoadResult()
+    facts: list[Facts] = []
     broken: set[tuple[str, str]] = set()
-    for parsed in parsed_files:
-        result.files += 1
-        result.problems.extend(parsed.problems)
-        for document in parsed.documents:
-            outcome = validate_document(document, path=parsed.path, locator=locator)
-            if isinstance(outcome, Located):
-                result.objects.append(outcome)
-                continue
-            result.problems.extend(outcome)
-            broken.add(_identity(document.data))
-    if cross_checks:
-        result.problems.extend(cross_check(result.objects, locator, broken=broken))
+    with paused_gc():
+        for outcome in outcomes:
+            result.files += 1
+            result.checked += len(outcome.facts)
+            result.objects.extend(outcome.objects)
+            result.problems.extend(outcome.problems)
+            facts.extend(outcome.facts)
+            broken.update(outcome.broken)
+        if cross_checks:
+            result.problems.extend(cross_check(facts, locator, broken=broken))
     result.problems.sort(key=Problem.sort_key)
     return result
 
@@ -184,7 +207,6 @@ def load_paths(
     *,
     limits: Limits = DEFAULT_LIMITS,
     cross_checks: bool = True,
-    workers: int | None = None,
 ) -> LoadResult:
     """Load and validate every manifest under `paths` (files and directories).
 
@@ -192,8 +214,23 @@ def load_paths(
     the files is returned as problems, all of them, never raised.
     """
     files = discover(paths)
-    locator = Locator(_read_whole)
-    return _validate(_parse_files(files, limits, workers), locator, cross_checks=cross_checks)
+    outcomes = _check_files(files, limits, True)
+    return _finish(outcomes, Locator(_read_whole), cross_checks=cross_checks)
+
+
+def check_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cross_checks: bool = True,
+    workers: int | None = None,
+) -> LoadResult:
+    """Like `load_paths`, for checking only: the result has problems and counts but no
+    objects, which lets large trees be validated in `workers` processes (default:
+    one per CPU core when there are enough files)."""
+    files = discover(paths)
+    outcomes = _check_in_workers(files, limits, workers)
+    return _finish(outcomes, Locator(_read_whole), cross_checks=cross_checks)
 
 
 def load_bytes(
@@ -205,8 +242,9 @@ def load_bytes(
 ) -> LoadResult:
     """Load and validate the manifests in one file's content."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    locator = Locator(lambda _: raw)
-    return _validate([parse_bytes(raw, path, limits)], locator, cross_checks=cross_checks)
+    with paused_gc():
+        outcome = _check_bytes(raw, path, limits, keep=True)
+    return _finish([outcome], Locator(lambda _: raw), cross_checks=cross_checks)
 
 
 def load_git_tree(
@@ -223,16 +261,16 @@ def load_git_tree(
     submodules are skipped: only what the commit itself holds counts.
     """
     blobs = _git_blobs(os.fspath(repository), commit, subdir.strip("/"))
-    parsed: list[ParsedFile] = []
+    outcomes: list[_FileOutcome] = []
     texts: dict[str, bytes] = {}
-    for path, size, read in blobs:
-        if size > limits.max_bytes:
-            parsed.append(ParsedFile(path, problems=[too_large(path, size, limits)]))
-            continue
-        texts[path] = read()
-        parsed.append(parse_bytes(texts[path], path, limits))
-    locator = Locator(texts.__getitem__)
-    return _validate(parsed, locator, cross_checks=cross_checks)
+    with paused_gc():
+        for path, size, read in blobs:
+            if size > limits.max_bytes:
+                outcomes.append(_FileOutcome(path, [], [], [too_large(path, size, limits)], []))
+                continue
+            texts[path] = read()
+            outcomes.append(_check_bytes(texts[path], path, limits, keep=True))
+    return _finish(outcomes, Locator(texts.__getitem__), cross_checks=cross_checks)
 
 
 _SYMLINK_MODE = 0o120000

@@ -116,7 +116,7 @@ class _Loader(yaml.CSafeLoader):
     """
 
     resolve = staticmethod(_resolve)
-    descend_resolver = staticmethod(_ignore)
+    descend_resolver = staticmethod(_ignore)  # type: ignore[assignment]
     ascend_resolver = staticmethod(_ignore)
 
 
@@ -205,16 +205,12 @@ class _Builder:
     def build(self, node: Node, depth: int = 0) -> Any:
         cls = node.__class__
         if cls is ScalarNode:
-            self.budget -= 1
-            if self.budget < 0:
-                raise self._too_big(node)
+            self.budget -= 1  # the enclosing collection reports an overrun
             return _scalar(node)  # type: ignore[arg-type]
         key = id(node)
         seen = self.done.get(key)
-        if seen is not None:  # an alias of a finished node: count its expansion again
-            self.budget -= seen[1]
-            if self.budget < 0:
-                raise self._too_big(node)
+        if seen is not None:  # an alias of a finished node: count its expansion again,
+            self.budget -= seen[1]  # sharing the value (memory stays linear)
             return seen[0]
         if key in self.open:
             raise _Invalid(node, "an alias refers to a value that contains it (recursive)")
@@ -327,9 +323,10 @@ def compose_documents(data: bytes) -> Iterator[Node | None]:
 
 
 def _next_document_start(data: bytes, after_line: int) -> tuple[bytes, int] | None:
-    """The text from the first '---' line after `after_line` (0-based), and its line."""
+    """The text from the first '---' line at or after `after_line` (0-based, and at
+    least 1 so that a resumed parse always moves on), and that line's number."""
     lines = data.split(b"\n")
-    for number in range(after_line + 1, len(lines)):
+    for number in range(max(after_line, 1), len(lines)):
         if lines[number].startswith(b"---"):
             return b"\n".join(lines[number:]), number
     return None

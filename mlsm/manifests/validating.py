@@ -198,7 +198,9 @@ def _translate(
         loc.pop()
         on_key = True
     kind_of_error = error["type"]
+    # an unknown key, or a rule about a whole mapping: show the key, not the first child
     on_key = on_key or kind_of_error == "extra_forbidden"
+    on_key = on_key or (kind_of_error == "value_error" and isinstance(error.get("input"), dict))
     at = locator.find(path, document.position, loc, key=on_key)
     message = _message(error, model, loc, written=lambda: locator.scalar_text(path, at))
     return Problem(

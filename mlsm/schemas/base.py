@@ -33,8 +33,12 @@ class SpecModel(BaseModel):
     )
 
     def to_manifest_dict(self) -> dict[str, Any]:
-        """The YAML-ready form: camelCase keys, quantities as '16Gi', no unset defaults."""
-        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        """The YAML-ready form: camelCase keys, quantities as '16Gi', defaults left out
+        (but apiVersion and kind, which every manifest states)."""
+        out = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        if "kind" in type(self).model_fields:
+            out = {"apiVersion": API_VERSION, "kind": self.kind, **out}
+        return out
 
 
 class ObjectMeta(SpecModel):

@@ -203,13 +203,17 @@ class TrainingJobSpec(SpecModel):
         description="Name of a Dataset. The job runs only where an agent reports it, and "
         "sees it at $MLSM_DATASET_DIR (read-only).",
     )
-    resources: JobResources = Field(default_factory=JobResources)
+    resources: JobResources = Field(
+        default_factory=JobResources, description="GPUs, CPU and memory per node."
+    )
     node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         description="Run only on Nodes whose labels include all of these.",
         examples=[{"gpu": "a100"}],
     )
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints of Nodes this job may run on anyway."
+    )
     priority: int = Field(
         default=0, ge=-1000, le=1000, description="Higher goes first when GPUs are scarce."
     )
