@@ -298,6 +298,23 @@ def _check_depth(data: bytes, path: str, limits: Limits) -> Problem | None:
     return None
 
 
+def _reader_problem(
+    path: str, exc: yaml.reader.ReaderError, data: bytes, line_offset: int
+) -> Problem:
+    """Bad bytes (invalid UTF-8, NUL): libyaml gives an offset, not a line."""
+    before = data[: exc.position]
+    line = before.count(b"\n") + 1
+    column = exc.position - (before.rfind(b"\n") + 1) + 1
+    character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return Problem(
+        path=path,
+        line=line + line_offset,
+        column=column,
+        message=f"invalid text: {exc.reason} (byte 0x{character:02x}); manifests must be "
+        "UTF-8 without control characters",
+    )
+
+
 def _yaml_problem(path: str, exc: yaml.YAMLError, line_offset: int) -> Problem:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
@@ -352,6 +369,9 @@ def _iter_documents(
             for node in compose_documents(data):
                 yield node, line_offset
             return
+        except yaml.reader.ReaderError as exc:
+            yield _reader_problem(path, exc, data, line_offset)
+            return  # the rest of the bytes cannot be trusted to be text
         except yaml.YAMLError as exc:
             yield _yaml_problem(path, exc, line_offset)
             mark = getattr(exc, "problem_mark", None)
@@ -450,6 +470,8 @@ def _add_document(
             )
         )
         return
+    if data is None:
+        return  # '---' with nothing after it: an empty document, skipped as kubectl does
     parsed.documents.append(Document(index=index, position=position, data=data))
 
 

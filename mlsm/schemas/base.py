@@ -36,8 +36,9 @@ class SpecModel(BaseModel):
         """The YAML-ready form: camelCase keys, quantities as '16Gi', defaults left out
         (but apiVersion and kind, which every manifest states)."""
         out = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-        if "kind" in type(self).model_fields:
-            out = {"apiVersion": API_VERSION, "kind": self.kind, **out}
+        kind = type(self).model_fields.get("kind")
+        if kind is not None:
+            out = {"apiVersion": API_VERSION, "kind": kind.default, **out}
         return out
 
 

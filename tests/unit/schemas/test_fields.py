@@ -24,7 +24,7 @@ def test_parse_bytes(text: str | int, expected: int) -> None:
 
 @pytest.mark.parametrize("text", ["16Gb", "lots", "-1Gi", "1.0000001k", ""])
 def test_parse_bytes_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="not a|whole number"):
+    with pytest.raises(ValueError, match=r"not a|whole number"):
         fields.parse_bytes(text)
 
 

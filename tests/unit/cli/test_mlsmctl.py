@@ -1,0 +1,133 @@
+"""mlsmctl as a user runs it: a real process, its output and its exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[3]
+BAD = ROOT / "tests" / "corpus" / "invalid" / "negative-gpus.yaml"
+
+
+def mlsmctl(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", *args],
+        input=stdin.decode("utf-8", "replace") if stdin is not None else None,
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+
+
+def test_version() -> None:
+    done = mlsmctl("--version")
+    assert done.returncode == 0
+    assert done.stdout.startswith("mlsmctl 0.")
+
+
+@pytest.mark.parametrize("command", [[], ["validate"], ["schema"]])
+def test_help_on_every_command(command: list[str]) -> None:
+    done = mlsmctl(*command, "--help")
+    assert done.returncode == 0
+    assert "Usage: mlsmctl" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "schema"])
+def test_version_on_every_command(command: str) -> None:
+    done = mlsmctl(command, "--version")
+    assert (done.returncode, done.stdout.strip()) == (0, mlsmctl("--version").stdout.strip())
+
+
+def test_valid_tree_exits_zero() -> None:
+    done = mlsmctl("validate", "manifests")
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.strip() == "6 objects in 6 files: all valid"
+
+
+def test_invalid_file_exits_one_with_located_text() -> None:
+    done = mlsmctl("validate", str(BAD))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        f"{BAD}:11:11: error: TrainingJob/neg: spec.resources.gpus: must be >= 0, got -1",
+        "1 error in 1 file (0 objects in 1 file checked)",
+    ]
+
+
+def test_json_output() -> None:
+    done = mlsmctl("validate", "-o", "json", str(BAD))
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["valid"] is False
+    assert report["errors"] == [
+        {"path": str(BAD), "line": 11, "column": 11, "kind": "TrainingJob", "name": "neg",
+         "field": "spec.resources.gpus", "message": "must be >= 0, got -1"}
+    ]  # fmt: skip
+
+
+def test_github_output_annotates_the_diff() -> None:
+    done = mlsmctl("validate", "-o", "github", str(BAD))
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == (
+        f"::error file={BAD},line=11,col=11,title=mlsm validate::"
+        "TrainingJob/neg: spec.resources.gpus: must be >= 0, got -1"
+    )
+
+
+def test_github_output_escapes_newlines_and_percent(tmp_path: Path) -> None:
+    path = tmp_path / "x,y.yaml"
+    path.write_text("apiVersion: mlsm/v1\nkind: Node\nmetadata: {name: 'a%b'}\n")
+    done = mlsmctl("validate", "-o", "github", str(path))
+    first = done.stdout.splitlines()[0]
+    assert "file=" + str(path).replace(",", "%2C") in first
+    assert "::Node/a%25b: metadata.name:" in first
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["validate", "does-not-exist"], id="missing-path"),
+        pytest.param(["validate"], id="no-path"),
+        pytest.param(["validate", "--bogus", "x"], id="unknown-option"),
+        pytest.param(["validate", "-o", "yaml", "manifests"], id="bad-format"),
+        pytest.param(["schema", "pod"], id="unknown-kind"),
+        pytest.param(["frobnicate"], id="unknown-command"),
+    ],
+)
+def test_usage_errors_exit_two_without_traceback(args: list[str]) -> None:
+    done = mlsmctl(*args)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00\xff\xfe garbage", b"[" * 100_000, b"kind: Node\n" * 3, b"{{{{", b"- - - -"],
+)
+def test_garbage_on_stdin_never_gives_a_traceback(data: bytes) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", "validate", "-"], input=data, capture_output=True,
+        cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert b"Traceback" not in done.stderr + done.stdout
+    assert done.stdout.startswith(b"<stdin>:")
+
+
+def test_schema_of_one_kind_and_all() -> None:
+    job = json.loads(mlsmctl("schema", "job").stdout)
+    assert job["title"] == "TrainingJob"
+    assert "spec" in job["required"]
+    everything = json.loads(mlsmctl("schema").stdout)
+    assert set(everything["discriminator"]["mapping"]) == {"Node", "Dataset", "TrainingJob"}
+
+
+def test_no_cross_checks_for_single_files(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "apiVersion: mlsm/v1\nkind: TrainingJob\nmetadata: {name: j}\nspec:\n"
+        "  runtime: {venv: {python: '3.11'}}\n  command: [x]\n  dataset: elsewhere\n"
+    )
+    assert mlsmctl("validate", str(path)).returncode == 1
+    assert mlsmctl("validate", "--no-cross-checks", str(path)).returncode == 0

@@ -1,0 +1,131 @@
+"""YAML parsing limits and behaviour: what a hostile or careless file cannot do."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mlsm.manifests import parsing
+from mlsm.manifests.parsing import Limits, parse_bytes
+
+
+def messages(data: bytes, limits: Limits = parsing.DEFAULT_LIMITS) -> list[str]:
+    return [f"{p.line}:{p.column}: {p.message}" for p in parse_bytes(data, "f", limits).problems]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"[" * 200_000, id="flow-sequences"),
+        pytest.param(b"{a: " * 100_000, id="flow-mappings"),
+        pytest.param(b"- " * 200_000 + b"x", id="block-sequences"),
+    ],
+)
+def test_deep_nesting_is_refused_before_the_c_composer_recurses(data: bytes) -> None:
+    # libyaml's composer recurses in C: without the pre-scan this crashes the process.
+    assert any("nested deeper than 64 levels" in m for m in messages(data))
+
+
+def test_moderate_nesting_within_limits_is_fine() -> None:
+    data = b"a: " + b"[" * 30 + b"1" + b"]" * 30
+    parsed = parse_bytes(data, "f")
+    assert parsed.problems == []
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [" + ", ".join([f"*{previous}"] * 10) + "]")
+    lines.append("j: [" + ", ".join(["*i"] * 10) + "]")  # 10^10 values if expanded
+    start = time.perf_counter()
+    found = messages("\n".join(lines).encode())
+    assert time.perf_counter() - start < 2.0
+    assert found
+    assert "alias bomb" in found[0]
+
+
+def test_aliases_within_budget_and_merge_keys_work() -> None:
+    data = b"base: &base {cpu: 1, gpus: 0}\njob:\n  <<: *base\n  gpus: 2\ncopy: *base\n"
+    parsed = parse_bytes(data, "f")
+    assert parsed.problems == []
+    assert parsed.documents[0].data == {
+        "base": {"cpu": 1, "gpus": 0},
+        "job": {"cpu": 1, "gpus": 2},
+        "copy": {"cpu": 1, "gpus": 0},
+    }
+
+
+def test_file_size_limit() -> None:
+    assert messages(b"a: 1\n" * 100, Limits(max_bytes=100)) == [
+        "1:1: file is 500 bytes, over the 100-byte limit for a manifest file; "
+        "split it into several files"
+    ]
+
+
+def test_document_count_limit() -> None:
+    found = messages(b"---\na: 1\n" * 5, Limits(max_documents=3))
+    assert found == ["1:1: more than 3 documents in one file; split it into several files"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"!!python/object/apply:os.system ['ls']",
+        b"a: !!python/name:os.system ''",
+        b"a: !custom 1",
+        b"a: !!set {x, y}",
+        b"a: !!binary aGVsbG8=",
+    ],
+)
+def test_tags_are_refused(data: bytes) -> None:
+    found = messages(data)
+    assert found
+    assert "is not allowed" in found[0]
+
+
+def test_scalars_follow_yaml_1_1_like_other_pyyaml_tools() -> None:
+    data = b"i: 0x1f\nf: 1.5e+3\ng: 1e3\nb: yes\nn: ~\ns: '3.10'\nt: 2024-01-01\ninf: .inf\n"
+    [doc] = parse_bytes(data, "f").documents
+    assert doc.data == {
+        "i": 31, "f": 1500.0, "g": "1e3", "b": True, "n": None, "s": "3.10", "t": "2024-01-01",
+        "inf": float("inf"),
+    }  # fmt: skip
+
+
+def test_empty_documents_and_comments_are_skipped() -> None:
+    parsed = parse_bytes(b"# only a comment\n---\n---\na: 1\n", "f")
+    assert parsed.problems == []
+    assert [d.data for d in parsed.documents] == [{"a": 1}]
+    assert parsed.documents[0].position == parsing.Position(4, 1)
+
+
+def test_invalid_utf8_is_a_located_problem() -> None:
+    assert messages(b"a: 1\nb: \xff\xfe\n") == [
+        "2:4: invalid text: invalid leading UTF-8 octet (byte 0xff); manifests must be UTF-8 "
+        "without control characters"
+    ]
+
+
+def test_nul_byte_is_a_problem() -> None:
+    found = messages(b"a: \x00\n")
+    assert found == [
+        "1:4: invalid text: control characters are not allowed (byte 0x00); manifests must be "
+        "UTF-8 without control characters"
+    ]
+
+
+def test_collection_as_key_is_refused() -> None:
+    found = messages(b"? [a, b]\n: 1\n")
+    assert found == ["1:3: a mapping key must be a plain value, not a mapping or list"]
+
+
+def test_locate_walks_to_values_keys_and_missing_fields() -> None:
+    data = b"---\nkind: Node\nspec:\n  items:\n    - name: a\n    - name: b\n"
+    doc = parsing.Position(2, 1)
+    assert parsing.locate(data, doc, ["spec", "items", 1, "name"]) == parsing.Position(6, 13)
+    assert parsing.locate(data, doc, ["spec", "items"], key=True) == parsing.Position(4, 3)
+    # a missing field is shown at the key of its nearest parent that exists
+    assert parsing.locate(data, doc, ["spec", "absent", "deeper"]) == parsing.Position(3, 1)
+    assert parsing.locate(data, doc, ["kind"]) == parsing.Position(2, 7)
