@@ -6,9 +6,10 @@ coercion, frozen). Field names are snake_case in Python and camelCase in YAML.
 
 from __future__ import annotations
 
-from typing import Any, Final
+import re
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from mlsm.schemas.fields import Labels, ResourceName
@@ -16,6 +17,16 @@ from mlsm.schemas.fields import Labels, ResourceName
 __all__ = ["API_VERSION", "ObjectMeta", "SpecModel"]
 
 API_VERSION: Final = "mlsm/v1"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_owner(value: str) -> str:
+    if _CONTROL.search(value) or value != value.strip():
+        raise ValueError(
+            "must be a username or e-mail without control characters or surrounding spaces"
+        )
+    return value
 
 
 class SpecModel(BaseModel):
@@ -60,7 +71,7 @@ class ObjectMeta(SpecModel):
         default_factory=dict,
         description="Free-form notes for tools and people; never used for selection.",
     )
-    owner: str | None = Field(
+    owner: Annotated[str, AfterValidator(_check_owner)] | None = Field(
         default=None,
         min_length=1,
         max_length=253,

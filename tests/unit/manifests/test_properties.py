@@ -25,7 +25,11 @@ def metadata(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         out["labels"] = draw(labels)
     if draw(st.booleans()):
-        out["owner"] = draw(st.text(min_size=1, max_size=20))
+        out["owner"] = draw(
+            st.text(min_size=1, max_size=20).filter(
+                lambda s: s == s.strip() and not any(c < " " or "\x7f" <= c <= "\x9f" for c in s)
+            )
+        )
     return out
 
 

@@ -181,3 +181,9 @@ def test_json_schema_accepts_quantity_strings() -> None:
 def test_union_schema_discriminates_on_kind() -> None:
     schema = schemas.json_schema()
     assert schema["discriminator"]["propertyName"] == "kind"
+
+
+@pytest.mark.parametrize("owner", ["\x85", " alice", "al\nice", ""])
+def test_owner_is_a_plain_identity(owner: str) -> None:
+    data = {"apiVersion": "mlsm/v1", "kind": "Node", "metadata": {"name": "n", "owner": owner}}
+    assert errors_of(data, schemas.Node) != []
