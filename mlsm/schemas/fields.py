@@ -135,9 +135,10 @@ def parse_cores(value: Any) -> Any:
 def _check_cores(value: float) -> float:
     if value < 0:
         raise ValueError(f"must be >= 0, got {value:g}")
-    if round(value * 1000) != value * 1000:
+    millicores = value * 1000
+    if abs(millicores - round(millicores)) > 1e-6:  # tolerate float noise: 1.001 * 1000
         raise ValueError(f"must be a whole number of millicores (0.001), got {value:g}")
-    return value
+    return round(millicores) / 1000
 
 
 def format_cores(value: float) -> str | float | int:

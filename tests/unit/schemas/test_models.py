@@ -187,3 +187,8 @@ def test_union_schema_discriminates_on_kind() -> None:
 def test_owner_is_a_plain_identity(owner: str) -> None:
     data = {"apiVersion": "mlsm/v1", "kind": "Node", "metadata": {"name": "n", "owner": owner}}
     assert errors_of(data, schemas.Node) != []
+
+
+@pytest.mark.parametrize("cpu", [1.001, 0.3, 2.675, "1001m"])
+def test_cpu_in_whole_millicores_is_accepted_despite_float_noise(cpu: float | str) -> None:
+    assert errors_of(job(resources={"cpu": cpu})) == []
