@@ -17,7 +17,7 @@ from mlsm.manifests.loading import (
     load_git_tree,
     load_paths,
 )
-from mlsm.manifests.parsing import DEFAULT_LIMITS, Limits, Position
+from mlsm.manifests.parsing import DEFAULT_LIMITS, Limits, Position, dump_yaml
 from mlsm.manifests.problems import ManifestError, Problem, format_field
 from mlsm.manifests.validating import Located
 
@@ -35,6 +35,7 @@ __all__ = [
     "check_paths",
     "cross_check",
     "discover",
+    "dump_yaml",
     "facts_of",
     "format_field",
     "load_bytes",

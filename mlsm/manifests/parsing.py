@@ -7,8 +7,18 @@ memory linear in its size), duplicate keys, and tags (no Python objects). Only t
 plain data leaves a parse, so it can cross a process boundary cheaply; when an error
 needs a location, `locate` parses that one document again and walks to the field.
 
-Timestamps stay strings (no manifest field is a date) and YAML 1.1 booleans
-(yes/no/on/off) are booleans, as in every PyYAML-based tool.
+Scalars follow the YAML 1.2 core schema: `yes`, `no`, `on` and `off` are text
+(the "Norway problem" of YAML 1.1: `country: NO` stays a string), `010` is ten,
+and timestamps stay strings (no manifest field is a date). `<<` merge keys work.
+
+Most files take a fast path: yaml-rs (a Rust parser) reads them straight into
+Python data about ten times faster than libyaml composes nodes. It is used only
+where it provably agrees with the careful path: no anchors, aliases, tags, merge
+keys, directives, tabs, carriage returns or control characters, no number
+spelling that the two read differently (`1_000`, `0b11`), and every document
+split on its `---` line. Anything else, and any file that fails to parse, goes
+through libyaml, which words the error and its location. A property test checks
+that the two paths give the same documents.
 """
 
 from __future__ import annotations
@@ -16,12 +26,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from yaml.constructor import ConstructorError, SafeConstructor
+import yaml_rs
+from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mlsm.manifests.problems import Problem
@@ -33,6 +46,7 @@ __all__ = [
     "ParsedFile",
     "Position",
     "compose_documents",
+    "dump_yaml",
     "locate",
     "parse_bytes",
     "paused_gc",
@@ -42,7 +56,6 @@ __all__ = [
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
 _TIMESTAMP, _MERGE, _MAP, _SEQ = (_TAG + t for t in ("timestamp", "merge", "map", "seq"))
-_TRUE = frozenset({"yes", "true", "on"})
 _STRUCTURE_CHARS = (b"[", b"{", b"-", b"?", b":")
 
 
@@ -94,12 +107,74 @@ class ParsedFile:
     problems: list[Problem] = field(default_factory=list)
 
 
-_RESOLVER = yaml.resolver.Resolver()
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(
+    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
+
+
+def _core_tag(value: str) -> str:
+    """The YAML 1.2 core schema's tag for a plain scalar (and `<<` for merges)."""
+    if value in _NULLS:
+        return _NULL
+    if value in _BOOLS:
+        return _BOOL
+    if _CORE_INT.fullmatch(value):
+        return _INT
+    if _CORE_FLOAT.fullmatch(value):
+        return _FLOAT
+    return _MERGE if value == "<<" else _STR
 
 
 @functools.lru_cache(maxsize=8192)
-def _resolve(kind: Any, value: Any, implicit: Any) -> Any:
-    return _RESOLVER.resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+def _resolve(kind: Any, value: Any, implicit: Any) -> str:
+    """The composer's resolver: the core schema for plain scalars, text for quoted
+    ones. Manifests repeat the same keys and values, so the cache mostly hits."""
+    if kind is ScalarNode:
+        return _core_tag(value) if implicit[0] else _STR
+    return _SEQ if kind is SequenceNode else _MAP
+
+
+def _core_int(value: str) -> int:
+    if not _CORE_INT.fullmatch(value):
+        raise ValueError(f"'{value}' is not a YAML 1.2 integer")
+    if value.startswith("0o"):
+        return int(value[2:], 8)
+    return int(value[2:], 16) if value.startswith("0x") else int(value)
+
+
+def _core_float(value: str) -> float:
+    if not _CORE_FLOAT.fullmatch(value):
+        raise ValueError(f"'{value}' is not a YAML 1.2 number")
+    if value.lstrip("+-")[1:2] in ("i", "I"):
+        return -math.inf if value.startswith("-") else math.inf
+    return math.nan if value[1:2] in ("n", "N") else float(value)
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, made to write what this module reads back unchanged:
+    strings the core schema would read as numbers (`1e3`, `0o17`) are quoted, and
+    the line breaks only YAML 1.1 knows (NEL, U+2028/9) are escaped, never raw."""
+
+    def choose_scalar_style(self) -> str:
+        event = self.event
+        if isinstance(event, yaml.ScalarEvent) and any(
+            c in event.value for c in "\x85\u2028\u2029"
+        ):
+            return '"'
+        return super().choose_scalar_style()
+
+
+_Dumper.add_implicit_resolver(_FLOAT, _CORE_FLOAT, list("-+.0123456789"))
+_Dumper.add_implicit_resolver(_INT, _CORE_INT, list("-+0123456789"))
+
+
+def dump_yaml(data: Any) -> str:
+    """Plain data as block YAML, keys in order, that `parse_bytes` reads back equal."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def _ignore(*args: Any) -> None:
@@ -138,20 +213,21 @@ def _mark(node: Node, line_offset: int) -> Position:
     return Position(node.start_mark.line + 1 + line_offset, node.start_mark.column + 1)
 
 
-_CONSTRUCTOR = SafeConstructor()
-
-
 def _scalar(node: ScalarNode) -> Any:
     tag, value = node.tag, node.value
     if tag in (_STR, _TIMESTAMP):
         return value
     if tag == _INT:
-        return int(value) if value.isdigit() else _CONSTRUCTOR.construct_yaml_int(node)
+        return int(value) if value.isdigit() else _core_int(value)
     if tag == _FLOAT:
-        return _CONSTRUCTOR.construct_yaml_float(node)
+        return _core_float(value)
     if tag == _BOOL:
-        return value.lower() in _TRUE
+        if value not in _BOOLS:
+            raise ValueError(f"'{value}' is not a YAML 1.2 boolean (true or false)")
+        return _BOOLS[value]
     if tag == _NULL:
+        if value not in _NULLS:
+            raise ValueError(f"'{value}' is not a YAML 1.2 null")
         return None
     raise _Invalid(
         node, f"YAML tag '{tag.replace(_TAG, '!!')}' is not allowed; write a plain value"
@@ -406,34 +482,162 @@ def too_large(path: str, size: int, limits: Limits) -> Problem:
     )
 
 
+# What sends a file down the careful path, checked cheapest first: anchors and
+# aliases (the expansion budget), tags, tabs, carriage returns and control characters;
+# BOMs and the line breaks only YAML 1.1 knows (NEL, U+2028/9); merge keys and
+# directives; number spellings yaml-rs reads as numbers but the core schema reads as
+# text (`0b11`, `1_000`); and the syntax YAML 1.2 allows but libyaml refuses: in a
+# file with flow collections, a ':' right before a flow indicator (`[a:]`), with no
+# key before it (`[:a]`), or starting a value (`{a: :b}`); anywhere, an empty key
+# (`- : a`) or an explicit key (`? a`, which the two read differently when empty).
+# Every pattern is linear in the file's size.
+_CAREFUL_BYTES = re.compile(rb"[&*!\t\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CAREFUL_TEXT = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]|\xef\xbb\xbf|\xef\xbf[\xbe\xbf]")
+_NUMBER_PREFIX = re.compile(rb"0(?:[bBOX]|(?<=[-+]0)[xo])")
+_UNDERSCORE_NUMBER = re.compile(rb"_(?:(?<=[0-9]_)|(?=[0-9]))")
+_FLOW_COLON = re.compile(rb":(?:[,\[\]{}]|(?<= :)[^ \n])")  # literal first: fast to scan for
+_FLOW_EMPTY_KEY = re.compile(rb"[\[{,] *:")
+_EMPTY_KEY = re.compile(rb"^[ -]*:(?=[ \n]|$)", re.MULTILINE)
+_EXPLICIT_KEY = re.compile(rb"\?(?<![^ \n\[{,]\?)")
+_MARKERS = re.compile(rb"^(?:---|\.\.\.)(?=[ \n]|$)", re.MULTILINE)
+_CONTENT = re.compile(rb"^( *)[^ \n#]", re.MULTILINE)
+_KEY_TYPES = frozenset({str, int, bool, type(None)})  # float keys: NaN is never equal
+_FAST_PIECE_BYTES = 4096
+"""Pieces longer than this get their structure counted: yaml-rs recurses on the
+stack for block nesting and crashes somewhere past 5,000 levels."""
+
+
+def _needs_care(data: bytes) -> bool:
+    """Whether yaml-rs might read this file otherwise than libyaml with the core schema."""
+    return bool(
+        _CAREFUL_BYTES.search(data)
+        or (not data.isascii() and _CAREFUL_TEXT.search(data))
+        or b"<<" in data
+        or data.startswith(b"%")
+        or b"\n%" in data
+        or _NUMBER_PREFIX.search(data)
+        or (b"_" in data and _UNDERSCORE_NUMBER.search(data))
+        or (
+            (b"[" in data or b"{" in data)
+            and (_FLOW_COLON.search(data) or _FLOW_EMPTY_KEY.search(data))
+        )
+        or (
+            (data.startswith(b":") or b" :" in data or b"-:" in data or b"\n:" in data)
+            and _EMPTY_KEY.search(data)
+        )
+        or (b"?" in data and _EXPLICIT_KEY.search(data))
+        or (not data.endswith(b"\n") and (b"|" in data or b">" in data))  # yaml-rs keeps a
+    )  # block scalar's final line break where the file has none
+
+
+def _fits(value: Any, depth: int, max_depth: int, blocks: bool) -> bool:
+    """Whether a collection is within the depth bound, has only keys the careful path
+    allows, and (where the file has block scalars) no empty block scalar, whose line
+    breaks yaml-rs keeps and libyaml drops."""
+    if depth >= max_depth:
+        return False
+    if value.__class__ is dict:
+        for key in value:
+            if key.__class__ is not str and key.__class__ not in _KEY_TYPES:
+                return False
+        value = value.values()
+    for item in value:
+        cls = item.__class__
+        if cls is dict or cls is list:
+            if not _fits(item, depth + 1, max_depth, blocks):
+                return False
+        elif blocks and cls is str and item[-1:] == "\n" and item.isspace():
+            return False
+    return True
+
+
+def _parse_fast(data: bytes, path: str, limits: Limits) -> ParsedFile | None:
+    """The file through yaml-rs, or None where only the careful path may read it."""
+    if _needs_care(data):
+        return None
+    starts = [0]  # where each piece of the file between '---' lines begins
+    markers = data.startswith((b"---", b"...")) or b"\n---" in data or b"\n..." in data
+    for marker in _MARKERS.finditer(data) if markers else ():
+        end = data.find(b"\n", marker.end())
+        end = len(data) if end < 0 else end + 1
+        if data[marker.start() : marker.start() + 1] == b"." or data[marker.end() : end].strip():
+            return None  # '...', or content on the '---' line itself
+        starts += [marker.start(), end]
+    starts.append(len(data))
+    parsed = ParsedFile(path)
+    blocks = b"|" in data or b">" in data
+    index = 0
+    for number in range(0, len(starts), 2):
+        begin, end = starts[number], starts[number + 1]
+        content = _CONTENT.search(data, begin, end)
+        if content is None:
+            if number:  # an explicit empty document counts; text before the first '---' not
+                index += 1
+            continue
+        if index >= limits.max_documents:
+            return None
+        if end - begin > _FAST_PIECE_BYTES and (
+            sum(data.count(c, begin, end) for c in _STRUCTURE_CHARS) > limits.structure_scan_over
+        ):
+            return None
+        try:  # (any YAML value, whatever yaml-rs's stub says)
+            value: Any = yaml_rs.loads(
+                data[begin:end].decode(),
+                parse_datetime=False,
+                duplicate_key_policy=yaml_rs.DuplicateKeyPolicy.Error,
+            )
+        except (yaml_rs.YAMLDecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        cls = value.__class__
+        if cls is dict or cls is list:
+            if not _fits(value, 0, limits.max_depth, blocks):
+                return None
+        elif value is not None:
+            return None  # a bare value, never a manifest: the careful path words it
+        if value is not None:
+            line = data.count(b"\n", 0, content.start()) + 1
+            column = len(content.group(1)) + 1
+            parsed.documents.append(Document(index, Position(line, column), value))
+        index += 1
+    return parsed
+
+
 def parse_bytes(data: bytes, path: str, limits: Limits = DEFAULT_LIMITS) -> ParsedFile:
     """Parse a whole file into plain data. Never raises: failures become `Problem`s."""
     parsed = ParsedFile(path)
     if len(data) > limits.max_bytes:
         parsed.problems.append(too_large(path, len(data), limits))
         return parsed
-    has_anchors = b"&" in data or b"*" in data
+    if not gc.isenabled():  # (loading pauses it around whole trees)
+        return _parse_fast(data, path, limits) or _parse_careful(data, path, limits)
     with paused_gc():
-        index = 0
-        for item in _iter_documents(data, path, limits):
-            if isinstance(item, Problem):
-                parsed.problems.append(item)
-                continue
-            if index >= limits.max_documents:
-                parsed.problems.append(
-                    Problem(
-                        path=path,
-                        line=1,
-                        column=1,
-                        message=f"more than {limits.max_documents} documents in one file; "
-                        "split it into several files",
-                    )
+        return _parse_fast(data, path, limits) or _parse_careful(data, path, limits)
+
+
+def _parse_careful(data: bytes, path: str, limits: Limits) -> ParsedFile:
+    """The file through libyaml's composer and the limit-keeping builders."""
+    parsed = ParsedFile(path)
+    has_anchors = b"&" in data or b"*" in data
+    index = 0
+    for item in _iter_documents(data, path, limits):
+        if isinstance(item, Problem):
+            parsed.problems.append(item)
+            continue
+        if index >= limits.max_documents:
+            parsed.problems.append(
+                Problem(
+                    path=path,
+                    line=1,
+                    column=1,
+                    message=f"more than {limits.max_documents} documents in one file; "
+                    "split it into several files",
                 )
-                break
-            node, line_offset = item
-            if node is not None:
-                _add_document(parsed, node, index, limits, line_offset, has_anchors=has_anchors)
-            index += 1
+            )
+            break
+        node, line_offset = item
+        if node is not None:
+            _add_document(parsed, node, index, limits, line_offset, has_anchors=has_anchors)
+        index += 1
     return parsed
 
 

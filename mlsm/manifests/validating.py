@@ -26,6 +26,8 @@ from mlsm.manifests.problems import Problem, format_field
 
 __all__ = ["Located", "Locator", "validate_document"]
 
+_YAML_11_BOOLS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
+
 _REQUIRED_TOP = ("apiVersion", "kind", "metadata", "spec")
 
 
@@ -277,7 +279,11 @@ def _message(
     if kind in ("float_type", "float_parsing"):
         return f"must be a number, got {got}"
     if kind in ("bool_type", "bool_parsing"):
-        return f"must be true or false, got {got}"
+        hint = ""
+        if isinstance(value, str) and value.lower() in _YAML_11_BOOLS:
+            word = "true" if _YAML_11_BOOLS[value.lower()] else "false"
+            hint = f"; YAML 1.2 reads {value} as text, so write {word}"
+        return f"must be true or false, got {got}{hint}"
     if kind in ("too_short", "string_too_short"):
         minimum = ctx.get("min_length", 1)
         if kind == "string_too_short" and minimum == 1:

@@ -85,13 +85,31 @@ def test_tags_are_refused(data: bytes) -> None:
     assert "is not allowed" in found[0]
 
 
-def test_scalars_follow_yaml_1_1_like_other_pyyaml_tools() -> None:
-    data = b"i: 0x1f\nf: 1.5e+3\ng: 1e3\nb: yes\nn: ~\ns: '3.10'\nt: 2024-01-01\ninf: .inf\n"
+@pytest.mark.parametrize("careful", [False, True], ids=["fast", "careful"])
+def test_scalars_follow_the_yaml_1_2_core_schema(careful: bool) -> None:
+    data = (
+        b"i: 0x1f\no: 0o17\nd: 010\nf: 1.5e+3\ng: 1e3\nb: yes\nt: True\nn: ~\ns: '3.10'\n"
+        b"ts: 2024-01-01\ninf: -.inf\nsix: 1:30\nno: NO\n"
+    )
+    if careful:
+        data += b"a: &x 1\n"  # an anchor sends the file down the careful path
     [doc] = parse_bytes(data, "f").documents
     assert doc.data == {
-        "i": 31, "f": 1500.0, "g": "1e3", "b": True, "n": None, "s": "3.10", "t": "2024-01-01",
-        "inf": float("inf"),
-    }  # fmt: skip
+        "i": 31, "o": 15, "d": 10, "f": 1500.0, "g": 1000.0, "b": "yes", "t": True, "n": None,
+        "s": "3.10", "ts": "2024-01-01", "inf": float("-inf"), "six": "1:30", "no": "NO",
+    } | ({"a": 1} if careful else {})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"a: !!int 1_000\n", "'1_000' is not a YAML 1.2 integer"),
+        (b"a: !!bool yes\n", "'yes' is not a YAML 1.2 boolean"),
+        (b"a: !!float 1:30\n", "'1:30' is not a YAML 1.2 number"),
+    ],
+)
+def test_explicit_core_tags_must_hold_their_type(data: bytes, message: str) -> None:
+    assert any(message in m for m in messages(data))
 
 
 def test_empty_documents_and_comments_are_skipped() -> None:

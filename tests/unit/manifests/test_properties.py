@@ -94,7 +94,7 @@ def jobs(draw: st.DrawFn) -> schemas.TrainingJob:
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(nodes(), datasets(), jobs()))
 def test_a_valid_object_dumped_to_yaml_loads_back_equal(obj: Any) -> None:
-    text = yaml.safe_dump(obj.to_manifest_dict(), sort_keys=False, allow_unicode=True)
+    text = manifests.dump_yaml(obj.to_manifest_dict())
     result = manifests.load_bytes(text, "roundtrip.yaml", cross_checks=False)
     assert [str(p) for p in result.problems] == []
     assert [o.manifest for o in result.objects] == [obj]
