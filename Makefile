@@ -2,17 +2,25 @@
 # make run:  the main job (an installation that runs a training job; arrives with `mlsmctl up`).
 
 PYTHON ?= python3
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: help install test unit lint format run bench clean
+.PHONY: help install system test unit lint format run bench clean
 
 help:
 	@echo "make test    install into .venv, lint, validate manifests/, run the test suite"
 	@echo "make lint    ruff, mypy --strict, import-linter"
 	@echo "make bench   benchmarks in bench/ (prints figures)"
 	@echo "make run     the main job (see README)"
+
+# System packages the tests use for real: PostgreSQL (a throwaway cluster per test
+# session; the store and controller tests run on it as well as on SQLite).
+system:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL (the store tests run against a real server)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,10 +39,10 @@ format: $(STAMP)
 	$(BIN)/ruff format mlsm tests bench
 	$(BIN)/ruff check --fix mlsm tests bench
 
-unit: $(STAMP)
+unit: $(STAMP) system
 	$(BIN)/python -m pytest -q
 
-test: lint
+test: lint system
 	$(BIN)/mlsmctl validate manifests/
 	$(BIN)/python -m pytest -q
 

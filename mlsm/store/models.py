@@ -1,0 +1,203 @@
+"""The controller's tables: the objects from git, each job's runs, the audit log of
+events, the git sync state, and API tokens.
+
+Objects are soft-deleted: a manifest removed from git sets `deleted_at` and the
+row stays as history; a name can be used again by a new row (a new `uid`), since
+names are unique only among live rows. Every row that more than one writer may
+change carries a `version` for guarded updates (`UPDATE ... WHERE version = :v`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import ForeignKey, Index, MetaData, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
+
+from mlsm.store.types import Json, UtcDateTime, utcnow
+
+__all__ = [
+    "OBJECT_MODELS",
+    "Base",
+    "Dataset",
+    "Event",
+    "Job",
+    "Node",
+    "Run",
+    "StoredObject",
+    "SyncState",
+    "Token",
+]
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UtcDateTime(),
+        dict[str, Any]: Json,
+        dict[str, str]: Json,
+        list[Any]: Json,
+        list[dict[str, Any]]: Json,
+    }
+
+
+class StoredObject(Base):
+    """What every object from a manifest keeps: its last valid manifest, where and by
+    which commit it was last changed, and its conditions."""
+
+    __abstract__ = True
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    """This incarnation of the name (a uuid4): a name removed and added again is a new
+    object."""
+    name: Mapped[str] = mapped_column(String(63))
+    manifest: Mapped[dict[str, Any]]
+    """The last valid manifest (apiVersion, kind, metadata, spec), camelCase, as written."""
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    """sha256 of the canonical JSON of `manifest`: unchanged objects cost no writes."""
+    generation: Mapped[int] = mapped_column(default=1)
+    """Goes up by one each time the manifest changes."""
+    labels: Mapped[dict[str, str]] = mapped_column(default=dict)
+    source_path: Mapped[str] = mapped_column(Text, default="")
+    source_line: Mapped[int] = mapped_column(default=0)
+    commit_sha: Mapped[str] = mapped_column(String(64), default="")
+    commit_author: Mapped[str] = mapped_column(Text, default="")
+    commit_message: Mapped[str] = mapped_column(Text, default="")
+    conditions: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    """Kubernetes-style: type, status, reason, message, lastTransitionTime."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    version: Mapped[int] = mapped_column(default=1)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        live = text("deleted_at IS NULL")  # names are unique among live rows only
+        return (
+            Index(
+                f"uq_{cls.__tablename__}_live_name",
+                "name",
+                unique=True,
+                sqlite_where=live,
+                postgresql_where=live,
+            ),
+        )
+
+    kind: ClassVar[str]
+
+
+class Node(StoredObject):
+    __tablename__ = "nodes"
+    kind: ClassVar[str] = "Node"
+
+
+class Dataset(StoredObject):
+    __tablename__ = "datasets"
+    kind: ClassVar[str] = "Dataset"
+
+
+class Job(StoredObject):
+    __tablename__ = "jobs"
+    kind: ClassVar[str] = "TrainingJob"
+
+    phase: Mapped[str] = mapped_column(String(16), default="Pending", index=True)
+    """Pending, Scheduled, Starting, Running, Succeeded, Failed or Cancelled."""
+    owner: Mapped[str] = mapped_column(Text, default="")
+    priority: Mapped[int] = mapped_column(default=0)
+    observed_generation: Mapped[int] = mapped_column(default=0)
+    runs: Mapped[list[Run]] = relationship(back_populates="job", order_by="Run.attempt")
+
+
+OBJECT_MODELS: dict[str, type[StoredObject]] = {m.kind: m for m in (Node, Dataset, Job)}
+
+
+class Run(Base):
+    """One start of a job, with its own id: what an agent runs, and what fencing
+    compares reports against."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int]
+    node: Mapped[str | None] = mapped_column(String(63), default=None, index=True)
+    phase: Mapped[str] = mapped_column(String(16), default="Pending")
+    gpus: Mapped[list[Any]] = mapped_column(default=list)
+    """The GPU indices on `node` bound to this run."""
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    version: Mapped[int] = mapped_column(default=1)
+    job: Mapped[Job] = relationship(back_populates="runs")
+
+
+class Event(Base):
+    """The audit log: every change to an object, with the commit that caused it.
+    Kept in the database for good (Kubernetes events expire after an hour)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_object", "kind", "name", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(63))
+    uid: Mapped[str | None] = mapped_column(String(36), default=None)
+    type: Mapped[str] = mapped_column(String(8), default="Normal")
+    """Normal or Warning."""
+    reason: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text, default="")
+    commit_sha: Mapped[str] = mapped_column(String(64), default="")
+    actor: Mapped[str] = mapped_column(Text, default="")
+    """Who caused it: a commit's author, a node, or the controller."""
+
+
+class SyncState(Base):
+    """Where each git source stands: the last commit applied, and the last error."""
+
+    __tablename__ = "sync_state"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text, default="")
+    branch: Mapped[str] = mapped_column(Text, default="")
+    path: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="Never")
+    """Never, Synced or Failed."""
+    commit_sha: Mapped[str] = mapped_column(String(64), default="")
+    commit_author: Mapped[str] = mapped_column(Text, default="")
+    commit_message: Mapped[str] = mapped_column(Text, default="")
+    objects: Mapped[int] = mapped_column(default=0)
+    invalid: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    version: Mapped[int] = mapped_column(default=1)
+
+
+class Token(Base):
+    """An API token: only its sha256 is kept, and a short prefix to tell tokens apart."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(String(8))
+    """node, admin or read."""
+    node: Mapped[str | None] = mapped_column(String(63), default=None, index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
