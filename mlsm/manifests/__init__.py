@@ -9,6 +9,7 @@ validated against `mlsm.schemas`, located to file:line:col, and cross-checked.
 from mlsm.manifests.crosschecking import Facts, cross_check, facts_of, node_rejects
 from mlsm.manifests.loading import (
     MANIFEST_SUFFIXES,
+    GitTreeCache,
     LoadResult,
     SourceError,
     check_paths,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "MANIFEST_SUFFIXES",
     "Facts",
+    "GitTreeCache",
     "Limits",
     "LoadResult",
     "Located",

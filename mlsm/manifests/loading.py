@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -247,6 +247,16 @@ def load_bytes(
     return _finish([outcome], Locator(lambda _: raw), cross_checks=cross_checks)
 
 
+class GitTreeCache:
+    """What `load_git_tree` learnt of each file, by path and blob id: a later load of
+    a commit that shares most files with the last one reads and checks only the
+    changed ones. Holds the files of the last load only."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str], _FileOutcome] = {}
+        self.texts: dict[str, bytes] = {}
+
+
 def load_git_tree(
     repository: str | os.PathLike[str],
     commit: str = "HEAD",
@@ -254,60 +264,82 @@ def load_git_tree(
     *,
     limits: Limits = DEFAULT_LIMITS,
     cross_checks: bool = True,
+    cache: GitTreeCache | None = None,
 ) -> LoadResult:
     """Load the manifests of a git repository at one commit (never the working tree).
 
     Paths in problems are relative to the repository root. Symbolic links and
     submodules are skipped: only what the commit itself holds counts.
     """
-    blobs = _git_blobs(os.fspath(repository), commit, subdir.strip("/"))
-    outcomes: list[_FileOutcome] = []
-    texts: dict[str, bytes] = {}
-    with paused_gc():
-        for path, size, read in blobs:
-            if size > limits.max_bytes:
-                outcomes.append(_FileOutcome(path, [], [], [too_large(path, size, limits)], []))
-                continue
-            texts[path] = read()
-            outcomes.append(_check_bytes(texts[path], path, limits, keep=True))
-    return _finish(outcomes, Locator(texts.__getitem__), cross_checks=cross_checks)
-
-
-_SYMLINK_MODE = 0o120000
-
-
-def _blob_reader(blob: Any) -> Callable[[], bytes]:
-    return lambda: bytes(blob.data_stream.read())
-
-
-def _git_blobs(
-    repository: str, commit: str, subdir: str
-) -> list[tuple[str, int, Callable[[], bytes]]]:
     import git  # lazily: gitpython costs ~0.15 s to import, and only this needs it
 
+    repo = _open_repo(os.fspath(repository))
     try:
-        repo = git.Repo(repository)
+        entries = _git_entries(repo, os.fspath(repository), commit, subdir.strip("/"))
+        previous = cache or GitTreeCache()
+        outcomes: dict[tuple[str, str], _FileOutcome] = {}
+        texts: dict[str, bytes] = {}
+        with paused_gc():
+            for path, blob, size in entries:
+                known = previous.outcomes.get((path, blob))
+                if known is not None and path in previous.texts:
+                    outcomes[path, blob] = known
+                    texts[path] = previous.texts[path]
+                elif size > limits.max_bytes:
+                    outcomes[path, blob] = _FileOutcome(
+                        path, [], [], [too_large(path, size, limits)], []
+                    )
+                else:
+                    texts[path] = bytes(repo.odb.stream(bytes.fromhex(blob)).read())
+                    outcomes[path, blob] = _check_bytes(texts[path], path, limits, keep=True)
+    except git.exc.GitError as exc:
+        raise SourceError(f"{repository}: cannot read commit {commit}: {exc}") from exc
+    finally:
+        repo.close()
+    if cache is not None:
+        cache.outcomes, cache.texts = outcomes, texts
+    return _finish(outcomes.values(), Locator(texts.__getitem__), cross_checks=cross_checks)
+
+
+def _open_repo(repository: str) -> Any:
+    import git
+
+    try:
+        return git.Repo(repository)
     except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError) as exc:
         raise SourceError(f"{repository}: not a git repository") from exc
+
+
+def _git_entries(
+    repo: Any, repository: str, commit: str, subdir: str
+) -> list[tuple[str, str, int]]:
+    """(path, blob id, size) of each manifest file at `commit` under `subdir`, sorted,
+    from one `git ls-tree` (fast: git walks the tree, not Python)."""
+    import git
+
     try:
-        tree = repo.commit(commit).tree
-    except (git.exc.BadName, git.exc.GitCommandError, ValueError) as exc:
+        sha = repo.git.rev_parse("--verify", "--quiet", f"{commit}^{{commit}}")
+    except git.exc.GitCommandError as exc:
         raise SourceError(f"{repository}: no commit '{commit}' (is the branch empty?)") from exc
     if subdir:
         try:
-            tree = tree / subdir
-        except KeyError as exc:
+            kind = repo.git.cat_file("-t", f"{sha}:{subdir}")
+        except git.exc.GitCommandError as exc:
             raise SourceError(f"{repository}: no folder '{subdir}' at commit {commit}") from exc
-        if tree.type != "tree":
+        if kind != "tree":
             raise SourceError(f"{repository}: '{subdir}' at commit {commit} is not a folder")
-    out: list[tuple[str, int, Callable[[], bytes]]] = []
-    item: Any
-    for item in tree.traverse():
-        if item.type != "blob" or item.mode == _SYMLINK_MODE:
+    listing = repo.git.ls_tree("-r", "-l", "-z", "--full-tree", sha, "--", subdir or ".")
+    out: list[tuple[str, str, int]] = []
+    for entry in listing.split("\0"):
+        if not entry:
             continue
-        parts = str(item.path).split("/")
+        meta, _, path = entry.partition("\t")
+        mode, kind, blob, size = meta.split()
+        if kind != "blob" or mode == "120000":  # submodules and symbolic links
+            continue
+        parts = path.split("/")
         if not parts[-1].endswith(MANIFEST_SUFFIXES) or any(p.startswith(".") for p in parts):
             continue
-        out.append((str(item.path), int(item.size), _blob_reader(item)))
-    out.sort(key=lambda entry: entry[0])
+        out.append((path, blob, int(size)))
+    out.sort()
     return out

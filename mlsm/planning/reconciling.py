@@ -14,8 +14,9 @@ Rules, per (kind, name):
 - gone from git: pruned (a job that has not finished is cancelled first; finished
   jobs stay as history). Objects whose file no longer parses are not pruned: their
   file's error is shown on them instead.
-- A plan that prunes every object, or more than `max_prune_share` of them, is held
-  back as a likely accident (a wrong path, a bad merge) unless allowed.
+- A plan that prunes every object, or (with 10 or more) more than `max_prune_share`
+  of them, is held back as a likely accident (a wrong path, a bad merge) unless
+  allowed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlsm.manifests import LoadResult, Problem
+from mlsm.manifests import LoadResult, Located, Problem
 
 __all__ = [
     "ALLOW_MASS_PRUNE",
@@ -49,6 +50,10 @@ __all__ = [
 ALLOW_MASS_PRUNE = "mlsm.io/allow-mass-prune"
 """Annotation (value "true") on any manifest of a commit, or a commit-message trailer
 `Allow-Mass-Prune: true`, that lets the commit prune most objects."""
+
+MASS_PRUNE_MIN_OBJECTS = 10
+"""Below this many objects only pruning all of them is held: in a small repository,
+removing two jobs of three is ordinary."""
 
 Key = tuple[str, str]
 
@@ -169,7 +174,7 @@ class Plan:
 
 def desired_state(result: LoadResult, *, commit_message: str = "") -> DesiredState:
     """The objects of a loaded commit: valid ones with their manifests, invalid ones
-    (any problem naming them, cross-checks included) with their errors."""
+    (any problem naming them, or defined twice) with their errors."""
     state = DesiredState()
     problems: dict[Key, list[Problem]] = {}
     for problem in result.problems:
@@ -177,6 +182,18 @@ def desired_state(result: LoadResult, *, commit_message: str = "") -> DesiredSta
             problems.setdefault((problem.kind, problem.name), []).append(problem)
         else:
             state.broken_files.setdefault(problem.path, _located(problem))
+    seen: dict[Key, list[Located]] = {}
+    for located in result.objects:
+        seen.setdefault((located.kind, located.name), []).append(located)
+    for key, places in seen.items():
+        if len(places) > 1:  # every copy is refused: which one is meant is unknowable
+            where = ", ".join(f"{p.path}:{p.position.line}" for p in places)
+            for place in places:
+                problems.setdefault(key, []).append(Problem(
+                    path=place.path, line=place.position.line, column=place.position.column,
+                    message=f"defined {len(places)} times ({where}); a name must be unique "
+                    "per kind, so rename or remove all but one", kind=key[0], name=key[1],
+                ))  # fmt: skip
     for located in result.objects:
         key = (located.kind, located.name)
         if key in problems:
@@ -271,7 +288,7 @@ def _held(prunes: int, live: int, share: float, allowed: bool) -> str:
         return ""
     if prunes == live:
         what = f"all {live} objects" if live > 1 else "the only object"
-    elif prunes > 1 and prunes > share * live:
+    elif live >= MASS_PRUNE_MIN_OBJECTS and prunes > share * live:
         what = f"{prunes} of {live} objects (over {share:.0%})"
     else:
         return ""

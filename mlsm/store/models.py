@@ -93,6 +93,10 @@ class StoredObject(Base):
             ),
         )
 
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:  # every UPDATE checks and bumps `version`
+        return {"version_id_col": cls.__dict__.get("version", cls.version)}
+
     kind: ClassVar[str]
 
 
@@ -142,6 +146,8 @@ class Run(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(default=1)
     job: Mapped[Job] = relationship(back_populates="runs")
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - read by SQLAlchemy
 
 
 class Event(Base):

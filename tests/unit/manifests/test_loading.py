@@ -138,6 +138,26 @@ def test_git_tree_is_read_at_a_commit_not_the_working_tree(repo: Path) -> None:
     assert [o.name for o in at_first.objects] == ["a"]
 
 
+def test_a_git_tree_cache_rereads_only_changed_files(repo: Path) -> None:
+    (repo / "nodes").mkdir()
+    for name in ("a", "b"):
+        (repo / "nodes" / f"{name}.yaml").write_text(NODE.format(name=name))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "first")
+    cache = manifests.GitTreeCache()
+    first = manifests.load_git_tree(repo, cache=cache)
+    kept = dict(cache.outcomes)
+    (repo / "nodes" / "b.yaml").write_text(NODE.format(name="b2"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "second")
+    second = manifests.load_git_tree(repo, cache=cache)
+    assert sorted(o.name for o in first.objects) == ["a", "b"]
+    assert sorted(o.name for o in second.objects) == ["a", "b2"]
+    [(a_key, a_outcome)] = [(k, v) for k, v in kept.items() if k[0] == "nodes/a.yaml"]
+    assert cache.outcomes[a_key] is a_outcome  # reused, not read again
+    assert len(cache.outcomes) == 2  # the old b is forgotten
+
+
 def test_git_tree_problems_are_located(repo: Path) -> None:
     (repo / "jobs").mkdir()
     (repo / "jobs" / "j.yaml").write_text(JOB.format(name="j", gpus=-2).lstrip())

@@ -127,7 +127,8 @@ def describe(action: object) -> str:
         pytest.param(0, 10, "all 10 objects", id="all"),
         pytest.param(4, 10, "6 of 10 objects (over 50%)", id="most"),
         pytest.param(5, 10, "", id="half-is-fine"),
-        pytest.param(1, 2, "", id="one-of-two-is-fine"),
+        pytest.param(1, 3, "", id="two-of-three-is-fine"),
+        pytest.param(1, 9, "", id="most-of-a-small-repository-is-fine"),
     ],
 )
 def test_mass_prunes_are_held_back(kept: int, total: int, held: str) -> None:

@@ -1,0 +1,136 @@
+"""One sync: read the source's newest commit, plan against the store, apply.
+
+Slow work (fetching, loading and validating the commit) happens with no
+transaction open; the plan is made and applied inside one write transaction that
+holds the sync lock, so two syncs at once (two controllers on one PostgreSQL, a
+webhook during a poll) run one after the other and the second finds nothing to do.
+A sync that fails (source unreachable, a held mass prune) changes no object: the
+last good state stays, and the sync state records the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from mlsm import planning
+from mlsm.controller.applying import apply_plan, record, stored_objects
+from mlsm.controller.sources import ManifestSource, SourceError
+from mlsm.store import Store, SyncState
+from mlsm.store.types import utcnow
+
+__all__ = ["SyncOutcome", "Syncer"]
+
+log = logging.getLogger("mlsm.controller.sync")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOutcome:
+    ok: bool
+    commit: str
+    changed: int = 0
+    objects: int = 0
+    invalid: int = 0
+    error: str = ""
+    skipped: bool = False
+    """The commit was already applied: nothing was loaded."""
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        if not self.ok:
+            return f"sync failed: {self.error}"
+        if self.skipped:
+            return f"up to date at {self.commit[:10]}"
+        return (
+            f"synced {self.commit[:10]}: {self.changed} changed, {self.objects} objects, "
+            f"{self.invalid} invalid ({self.seconds:.2f} s)"
+        )
+
+
+class Syncer:
+    """Syncs one source into one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        source: ManifestSource,
+        *,
+        max_prune_share: float = 0.5,
+        allow_mass_prune: bool = False,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.max_prune_share = max_prune_share
+        self.allow_mass_prune = allow_mass_prune
+
+    def sync(self, *, force: bool = False) -> SyncOutcome:
+        """Bring the store to the source's newest commit. Never raises for a source
+        or manifest problem: the outcome (and the sync state) says what went wrong."""
+        started = time.perf_counter()
+        try:
+            commit = self.source.head()
+            if not force and commit.sha == self._applied():
+                return SyncOutcome(ok=True, commit=commit.sha, skipped=True)
+            desired = planning.desired_state(
+                self.source.load(commit), commit_message=commit.message
+            )
+        except SourceError as exc:
+            return self._failed(str(exc), started)
+        with self.store.write(f"sync:{self.source.key}") as session:
+            plan = planning.plan_sync(
+                desired,
+                stored_objects(session),
+                max_prune_share=self.max_prune_share,
+                allow_mass_prune=self.allow_mass_prune,
+            )
+            state = self._state(session)
+            state.last_attempt_at = utcnow()
+            if plan.held:
+                error = f"commit {commit.short}: {plan.held}"
+                if state.error != error:  # record a held commit once, not every poll
+                    record(session, None, "SyncHeld", error, kind="Sync", name=self.source.key,
+                           warning=True, commit=commit)  # fmt: skip
+                state.status, state.error = "Failed", error
+                log.warning("%s", error)
+                return SyncOutcome(ok=False, commit=commit.sha, error=error,
+                                   seconds=time.perf_counter() - started)  # fmt: skip
+            changed = apply_plan(session, plan, commit)
+            invalid = sum(1 for d in desired.objects.values() if d.manifest is None)
+            state.status, state.error = "Synced", ""
+            state.commit_sha, state.commit_author = commit.sha, commit.author
+            state.commit_message = commit.message
+            state.objects, state.invalid = len(desired.objects), invalid
+            state.last_success_at = state.last_attempt_at
+        outcome = SyncOutcome(ok=True, commit=commit.sha, changed=changed,
+                              objects=len(desired.objects), invalid=invalid,
+                              seconds=time.perf_counter() - started)  # fmt: skip
+        log.info("%s", outcome)
+        return outcome
+
+    def _applied(self) -> str:
+        with self.store.read() as session:
+            state = session.get(SyncState, self.source.key)
+            return state.commit_sha if state is not None and state.status == "Synced" else ""
+
+    def _state(self, session: Session) -> SyncState:
+        state = session.get(SyncState, self.source.key)
+        if state is None:
+            state = SyncState(source=self.source.key, url=self.source.url,
+                              branch=self.source.branch, path=self.source.path)  # fmt: skip
+            session.add(state)
+        return state
+
+    def _failed(self, error: str, started: float) -> SyncOutcome:
+        log.warning("sync failed: %s; the last good state stays in force", error)
+        with self.store.write(f"sync:{self.source.key}") as session:
+            state = self._state(session)
+            state.last_attempt_at = utcnow()
+            if state.error != error:
+                record(session, None, "SyncFailed", error, kind="Sync", name=self.source.key,
+                       warning=True)  # fmt: skip
+            state.status, state.error = "Failed", error
+        return SyncOutcome(ok=False, commit="", error=error,
+                           seconds=time.perf_counter() - started)  # fmt: skip
