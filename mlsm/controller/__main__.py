@@ -1,0 +1,3 @@
+from mlsm.controller.main import entry
+
+entry()

@@ -1,0 +1,364 @@
+"""The controller's HTTP API: `/healthz`, the read API under `/api/v1` (used by
+`mlsmctl` and the status site), and the git webhook.
+
+Objects are shown as Kubernetes shows them: apiVersion, kind, metadata (with uid,
+generation, where and by which commit it was last changed), spec, status. Lists are
+paginated by an opaque cursor (`?limit=&continue=`) and filterable (`?selector=
+gpu=a100,zone=b`, `?phase=`, `?owner=`, `?deleted=true` for history).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+from sqlalchemy import Select, select
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlsm.controller.applying import FINISHED
+from mlsm.store import OBJECT_MODELS, Event, Job, Run, Store, StoredObject, SyncState, Token
+
+__all__ = ["API_PREFIX", "ApiError", "create_app", "object_json", "token_digest"]
+
+API_PREFIX = "/api/v1"
+KINDS = {
+    "nodes": "Node",
+    "datasets": "Dataset",
+    "jobs": "TrainingJob",
+    "trainingjobs": "TrainingJob",
+}
+MAX_LIMIT = 1000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _time(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def object_json(row: StoredObject, *, events: list[Event] | None = None) -> dict[str, Any]:
+    manifest = row.manifest or {}
+    metadata = dict(manifest.get("metadata", {"name": row.name}))
+    metadata.update(
+        uid=row.uid,
+        generation=row.generation,
+        createdAt=_time(row.created_at),
+        updatedAt=_time(row.updated_at),
+        deletedAt=_time(row.deleted_at),
+        source={"path": row.source_path, "line": row.source_line},
+        commit={"sha": row.commit_sha, "author": row.commit_author,
+                "message": row.commit_message.strip()},
+    )  # fmt: skip
+    status: dict[str, Any] = {"conditions": row.conditions}
+    if isinstance(row, Job):
+        status.update(phase=row.phase, observedGeneration=row.observed_generation)
+    out = {
+        "apiVersion": manifest.get("apiVersion", "mlsm/v1"),
+        "kind": row.kind,
+        "metadata": metadata,
+        "spec": manifest.get("spec"),
+        "status": status,
+    }
+    if events is not None:
+        out["events"] = [event_json(e) for e in events]
+    return out
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id, "at": _time(event.at), "kind": event.kind, "name": event.name,
+        "uid": event.uid, "type": event.type, "reason": event.reason, "message": event.message,
+        "commit": event.commit_sha, "actor": event.actor,
+    }  # fmt: skip
+
+
+def run_json(run: Run, job: str) -> dict[str, Any]:
+    return {
+        "id": run.id, "job": job, "attempt": run.attempt, "node": run.node, "phase": run.phase,
+        "gpus": run.gpus, "reason": run.reason, "message": run.message,
+        "exitCode": run.exit_code, "createdAt": _time(run.created_at),
+        "startedAt": _time(run.started_at), "finishedAt": _time(run.finished_at),
+    }  # fmt: skip
+
+
+def sync_json(state: SyncState) -> dict[str, Any]:
+    return {
+        "source": state.source, "url": state.url, "branch": state.branch, "path": state.path,
+        "status": state.status, "error": state.error, "objects": state.objects,
+        "invalid": state.invalid,
+        "commit": {"sha": state.commit_sha, "author": state.commit_author,
+                   "message": state.commit_message.strip()},
+        "lastAttemptAt": _time(state.last_attempt_at),
+        "lastSuccessAt": _time(state.last_success_at),
+    }  # fmt: skip
+
+
+def _int(request: Request, name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(
+            400, f"query parameter '{name}' must be a whole number, got '{raw}'"
+        ) from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter '{name}' must be between {low} and {high}")
+    return value
+
+
+def _selector(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ApiError(400, f"selector '{part}' must be key=value (e.g. gpu=a100)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _page(query: Select[Any], model: Any, request: Request) -> tuple[Select[Any], int]:
+    limit = _int(request, "limit", 100, low=1, high=MAX_LIMIT)
+    after = _int(request, "continue", 0)
+    return query.where(model.id > after).order_by(model.id).limit(limit + 1), limit
+
+
+def _paged(items: list[Any], limit: int, ids: list[int]) -> dict[str, Any]:
+    more = len(items) > limit
+    return {"items": items[:limit], "continue": str(ids[limit - 1]) if more else None}
+
+
+class Api:
+    """Route handlers over one store; the blocking queries run in worker threads."""
+
+    def __init__(self, store: Store, on_webhook: Callable[[], None], webhook_secret: str) -> None:
+        self.store = store
+        self.on_webhook = on_webhook
+        self.webhook_secret = webhook_secret
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(function, *args)
+
+    async def healthz(self, request: Request) -> Response:
+        def check() -> dict[str, Any]:
+            with self.store.read() as session:
+                states = session.scalars(select(SyncState)).all()
+            return {"status": "ok", "sync": [{"source": s.source, "status": s.status}
+                                             for s in states]}  # fmt: skip
+
+        return JSONResponse(await self.call(check))
+
+    async def list_objects(self, request: Request) -> Response:
+        kind = self._kind(request.path_params["kind"])
+        return JSONResponse(await self.call(self._list_objects, kind, request))
+
+    def _list_objects(self, kind: str, request: Request) -> dict[str, Any]:
+        model = OBJECT_MODELS[kind]
+        query = select(model)
+        if request.query_params.get("deleted", "").lower() not in ("true", "1", "yes"):
+            query = query.where(model.deleted_at.is_(None))
+        for key, value in _selector(request.query_params.get("selector", "")).items():
+            query = query.where(model.labels[key].as_string() == value)
+        if model is Job:
+            phase = request.query_params.get("phase")
+            if phase:
+                query = query.where(Job.phase.in_(phase.split(",")))
+            owner = request.query_params.get("owner")
+            if owner:
+                query = query.where(Job.owner == owner)
+        query, limit = _page(query, model, request)
+        with self.store.read() as session:
+            rows = list(session.scalars(query))
+        return _paged([object_json(r) for r in rows], limit, [r.id for r in rows])
+
+    async def get_object(self, request: Request) -> Response:
+        kind = self._kind(request.path_params["kind"])
+        name = request.path_params["name"]
+        return JSONResponse(await self.call(self._get_object, kind, name))
+
+    def _get_object(self, kind: str, name: str) -> dict[str, Any]:
+        model = OBJECT_MODELS[kind]
+        with self.store.read() as session:
+            row = session.scalars(
+                select(model).where(model.name == name)
+                .order_by(model.deleted_at.is_not(None), model.id.desc()).limit(1)
+            ).first()  # fmt: skip
+            if row is None:
+                raise ApiError(404, f"{kind}/{name} not found")
+            events = list(session.scalars(
+                select(Event).where(Event.kind == kind, Event.name == name)
+                .order_by(Event.id.desc()).limit(20)
+            ))  # fmt: skip
+            out = object_json(row, events=events[::-1])
+            if isinstance(row, Job):
+                out["runs"] = [run_json(r, row.name) for r in row.runs]
+        return out
+
+    async def list_runs(self, request: Request) -> Response:
+        def runs() -> dict[str, Any]:
+            query = select(Run, Job.name).join(Job)
+            job = request.query_params.get("job")
+            if job:
+                query = query.where(Job.name == job)
+            if request.query_params.get("active", "").lower() in ("true", "1"):
+                query = query.where(Run.phase.not_in(FINISHED))
+            limit = _int(request, "limit", 100, low=1, high=MAX_LIMIT)
+            query = query.order_by(Run.created_at.desc(), Run.id).limit(limit)
+            with self.store.read() as session:
+                return {"items": [run_json(r, n) for r, n in session.execute(query)]}
+
+        return JSONResponse(await self.call(runs))
+
+    async def list_events(self, request: Request) -> Response:
+        def events() -> dict[str, Any]:
+            query = select(Event)
+            for param, column in (("kind", Event.kind), ("name", Event.name),
+                                  ("type", Event.type), ("reason", Event.reason)):  # fmt: skip
+                value = request.query_params.get(param)
+                if value:
+                    query = query.where(column == value)
+            query, limit = _page(query, Event, request)
+            with self.store.read() as session:
+                rows = list(session.scalars(query))
+            return _paged([event_json(e) for e in rows], limit, [e.id for e in rows])
+
+        return JSONResponse(await self.call(events))
+
+    async def sync_state(self, request: Request) -> Response:
+        def states() -> dict[str, Any]:
+            with self.store.read() as session:
+                return {"items": [sync_json(s) for s in session.scalars(select(SyncState))]}
+
+        return JSONResponse(await self.call(states))
+
+    async def webhook(self, request: Request) -> Response:
+        body = await request.body()
+        if not self.webhook_secret:
+            raise ApiError(404, "the webhook is off: start the controller with a webhook secret")
+        if not _webhook_signed(request, body, self.webhook_secret):
+            raise ApiError(401, "missing or wrong webhook signature (X-Hub-Signature-256, "
+                                "X-Gitea-Signature or X-Gitlab-Token)")  # fmt: skip
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            raise ApiError(400, "the webhook body is not JSON") from None
+        ref = payload.get("ref", "") if isinstance(payload, dict) else ""
+        self.on_webhook()
+        return JSONResponse({"accepted": True, "ref": ref}, status_code=202)
+
+    def _kind(self, plural: str) -> str:
+        kind = KINDS.get(plural.lower())
+        if kind is None:
+            raise ApiError(404, f"no such kind '{plural}'; use nodes, datasets or jobs")
+        return kind
+
+
+def _webhook_signed(request: Request, body: bytes, secret: str) -> bool:
+    """GitHub (X-Hub-Signature-256: sha256=HMAC), Gitea (X-Gitea-Signature: HMAC hex)
+    and GitLab (X-Gitlab-Token: the secret itself); compared in constant time."""
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    github = request.headers.get("x-hub-signature-256", "")
+    if github:
+        return hmac.compare_digest(github.removeprefix("sha256="), expected)
+    gitea = request.headers.get("x-gitea-signature", "")
+    if gitea:
+        return hmac.compare_digest(gitea, expected)
+    gitlab = request.headers.get("x-gitlab-token", "")
+    if gitlab:
+        return hmac.compare_digest(gitlab.encode(), secret.encode())
+    return False
+
+
+class _ReadAccess(BaseHTTPMiddleware):
+    """Reads need no token from loopback; from elsewhere a read or admin token."""
+
+    def __init__(self, app: Any, store: Store) -> None:
+        super().__init__(app)
+        self.store = store
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        path = request.url.path
+        if path == "/healthz" or path == f"{API_PREFIX}/hooks/git" or _loopback(request):
+            return await call_next(request)
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not token:
+            return _error(401, "a token is needed from outside this machine: "
+                               "Authorization: Bearer <read token>")  # fmt: skip
+        role = await anyio.to_thread.run_sync(self._role, token)
+        if role not in ("read", "admin"):
+            return _error(401, "invalid or revoked token")
+        return await call_next(request)
+
+    def _role(self, token: str) -> str | None:
+        digest = token_digest(token)
+        with self.store.read() as session:
+            row = session.scalars(select(Token).where(Token.digest == digest)).first()
+        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.digest, digest):
+            return None
+        return row.role
+
+
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost", "testclient")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc.status, exc.message)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, f"no route {request.method} {request.url.path}")
+
+
+def create_app(
+    store: Store, *, on_webhook: Callable[[], None] = lambda: None, webhook_secret: str = ""
+) -> Starlette:
+    api = Api(store, on_webhook, webhook_secret)
+    p = API_PREFIX
+    routes = [
+        Route("/healthz", api.healthz),
+        Route(f"{p}/sync", api.sync_state),
+        Route(f"{p}/runs", api.list_runs),
+        Route(f"{p}/events", api.list_events),
+        Route(f"{p}/hooks/git", api.webhook, methods=["POST"]),
+        Route(p + "/{kind}", api.list_objects),
+        Route(p + "/{kind}/{name}", api.get_object),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ApiError: _api_error, 404: _not_found,
+    }  # fmt: skip
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_ReadAccess, store=store)],
+        exception_handlers=handlers,
+    )

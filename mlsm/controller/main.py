@@ -1,0 +1,259 @@
+"""`mlsm-controller`: run the controller, migrate its database, manage API tokens.
+
+    mlsm-controller run --repo manifests/ --branch main
+    mlsm-controller migrate
+    mlsm-controller token issue --role admin        # printed once, stored hashed
+
+Every flag has an environment variable (MLSM_REPO, MLSM_DATABASE_URL, ...). Errors
+are one line and exit 1; never a traceback unless MLSM_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+from sqlalchemy import select
+
+from mlsm import __version__
+from mlsm.controller.api import token_digest
+from mlsm.controller.running import Controller, Settings
+from mlsm.controller.sources import SourceError, open_source
+from mlsm.errors import UserError
+from mlsm.store import Store, Token
+
+__all__ = ["app", "entry", "main"]
+
+app = typer.Typer(
+    name="mlsm-controller",
+    help="The mlsm controller: follows a git branch of manifests, reconciles them into its "
+    "database, and serves the API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+tokens = typer.Typer(help="API tokens: shown once when issued, stored as sha256 digests.",
+                     no_args_is_help=True)  # fmt: skip
+app.add_typer(tokens, name="token")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlsm-controller {__version__}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool,
+    typer.Option("--version", callback=_print_version, is_eager=True,
+                 help="Print the version and exit."),
+]  # fmt: skip
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="MLSM_DATABASE_URL", show_default=False,
+                 help="SQLAlchemy URL: postgresql://user@host/db, or sqlite:///path "
+                 "(default: sqlite:///.mlsm/mlsm.db)."),
+]  # fmt: skip
+
+
+@app.callback()
+def _root(version: VersionOption = False) -> None:
+    """The mlsm controller."""
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UserError(f"--listen '{value}' must be HOST:PORT, e.g. 127.0.0.1:8470")
+    return host or "127.0.0.1", int(port)
+
+
+@app.command()
+def run(
+    repo: Annotated[
+        str,
+        typer.Option(
+            "--repo",
+            envvar="MLSM_REPO",
+            help="The manifests: a git clone URL, a local git repository, or a "
+            "plain local directory.",
+        ),
+    ],
+    branch: Annotated[
+        str, typer.Option(envvar="MLSM_BRANCH", help="The branch to follow.")
+    ] = "main",
+    path: Annotated[
+        str,
+        typer.Option(
+            envvar="MLSM_PATH", help="A folder inside the repository that holds the manifests."
+        ),
+    ] = "",
+    database_url: DatabaseOption = None,
+    listen: Annotated[
+        str, typer.Option(envvar="MLSM_LISTEN", help="HOST:PORT for the API.")
+    ] = "127.0.0.1:8470",
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="MLSM_POLL_INTERVAL", min=0.1, help="Seconds between polls of the branch."
+        ),
+    ] = 10.0,
+    webhook_secret: Annotated[
+        str,
+        typer.Option(
+            envvar="MLSM_WEBHOOK_SECRET",
+            show_default=False,
+            help="Shared secret for POST /api/v1/hooks/git (off if empty).",
+        ),
+    ] = "",
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="MLSM_STATE_DIR", help="Where mirrors of remote repositories are kept."
+        ),
+    ] = Path(".mlsm"),
+    allow_mass_prune: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-prune", help="Apply commits that would prune all or most objects."
+        ),
+    ] = False,
+    max_prune_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="A commit pruning more than this share of 10 or more objects is held.",
+        ),
+    ] = 0.5,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            " /--no-migrate",
+            help="--no-migrate: refuse to start on an outdated database instead of migrating it.",
+        ),
+    ] = True,
+    watch: Annotated[
+        bool,
+        typer.Option(" /--no-watch", help="--no-watch: do not watch a local source for changes."),
+    ] = True,
+    version: VersionOption = False,
+) -> None:
+    """Follow the branch, reconcile it into the database, and serve the API."""  # fmt: skip
+    host, port = _listen(listen)
+    settings = Settings(
+        repo=repo, branch=branch, path=path, database_url=database_url, host=host, port=port,
+        poll_interval=poll_interval, webhook_secret=webhook_secret, state_dir=state_dir,
+        allow_mass_prune=allow_mass_prune, max_prune_share=max_prune_share, watch=watch,
+    )  # fmt: skip
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("alembic", "watchfiles", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    store = Store.open(database_url)
+    if migrate:
+        store.migrate()
+    else:
+        store.check_migrated()
+    try:
+        source = open_source(repo, branch=branch, path=path, state_dir=state_dir)
+    except SourceError as exc:
+        raise UserError(str(exc)) from exc
+    controller = Controller(settings, store, source)
+    anyio.run(controller.run)
+
+
+@app.command("migrate")
+def migrate_command(database_url: DatabaseOption = None, version: VersionOption = False) -> None:
+    """Bring the database schema to this version's newest revision."""
+    store = Store.open(database_url)
+    store.migrate()
+    current, _ = store.revisions()
+    typer.echo(f"database at revision {current}")
+
+
+@tokens.command("issue")
+def issue_token(
+    role: Annotated[
+        str,
+        typer.Option(
+            help="admin (apply, delete), read (the API from another machine), or node (an agent)."
+        ),
+    ] = "admin",
+    node: Annotated[str | None, typer.Option(help="The node an agent token is for.")] = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Issue a token. It is printed once; only its digest is stored."""  # fmt: skip
+    if role not in ("admin", "read", "node"):
+        raise UserError(f"--role must be admin, read or node, got '{role}'")
+    if (role == "node") != (node is not None):
+        raise UserError("a node token needs --node NAME, and only a node token takes one")
+    secret = f"mlsm_{secrets.token_urlsafe(32)}"
+    store = Store.open(database_url)
+    store.check_migrated()
+    with store.write() as session:
+        session.add(Token(role=role, node=node, digest=token_digest(secret), prefix=secret[:12]))
+    typer.echo(secret)
+    typer.echo(f"{role} token {secret[:12]}… issued; it is not shown again", err=True)
+
+
+@tokens.command("revoke")
+def revoke_token(
+    prefix: Annotated[str, typer.Argument(help="The token, or its first 12 characters.")],
+    database_url: DatabaseOption = None,
+) -> None:
+    """Revoke a token: it stops working at once."""
+    store = Store.open(database_url)
+    store.check_migrated()
+    with store.write() as session:
+        rows = session.scalars(select(Token).where(Token.prefix == prefix[:12],
+                                                   Token.revoked_at.is_(None))).all()  # fmt: skip
+        if not rows:
+            raise UserError(f"no live token starts with '{prefix[:12]}'")
+        for row in rows:
+            row.revoked_at = dt.datetime.now(dt.UTC)
+    typer.echo(f"revoked {len(rows)} token(s) {prefix[:12]}…")
+
+
+@tokens.command("list")
+def list_tokens(database_url: DatabaseOption = None) -> None:
+    """List tokens (prefix, role, node, created, revoked)."""
+    store = Store.open(database_url)
+    store.check_migrated()
+    with store.read() as session:
+        for row in session.scalars(select(Token).order_by(Token.id)):
+            revoked = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "live"
+            typer.echo(f"{row.prefix}…  {row.role:5s}  {row.node or '-':20s}  "
+                       f"{row.created_at:%Y-%m-%d %H:%M}  {revoked}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, prog_name="mlsm-controller")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except UserError as exc:
+        typer.echo(f"mlsm-controller: error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("MLSM_DEBUG"):
+            raise
+        typer.echo(f"mlsm-controller: internal error: {type(exc).__name__}: {exc}\nThis is a bug "
+                   "in mlsm; rerun with MLSM_DEBUG=1 for the traceback and report it.",
+                   err=True)  # fmt: skip
+        return 70
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

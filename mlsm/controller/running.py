@@ -1,0 +1,125 @@
+"""The controller process: one anyio task group with the sync loop, the file watch,
+and the HTTP server (uvicorn serving the Starlette API).
+
+The sync loop syncs, then waits for the poll interval or a wake-up (the webhook,
+or a change under a watched path), whichever comes first. A wake-up that arrives
+while a sync runs is kept, so the commit it announces is never missed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import uvicorn
+
+from mlsm.controller.api import create_app
+from mlsm.controller.sources import DirectorySource, GitSource, ManifestSource
+from mlsm.controller.syncing import Syncer
+from mlsm.store import Store
+
+__all__ = ["Controller", "Settings"]
+
+log = logging.getLogger("mlsm.controller")
+
+
+@dataclass
+class Settings:
+    repo: str
+    branch: str = "main"
+    path: str = ""
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8470
+    poll_interval: float = 10.0
+    webhook_secret: str = field(default="", repr=False)
+    state_dir: Path = Path(".mlsm")
+    allow_mass_prune: bool = False
+    max_prune_share: float = 0.5
+    watch: bool = True
+    """Watch a local source (a directory, or a local repository's refs) and sync at
+    once on a change, instead of waiting for the next poll."""
+
+
+class Controller:
+    def __init__(self, settings: Settings, store: Store, source: ManifestSource) -> None:
+        self.settings = settings
+        self.store = store
+        self.source = source
+        self.syncer = Syncer(
+            store,
+            source,
+            max_prune_share=settings.max_prune_share,
+            allow_mass_prune=settings.allow_mass_prune,
+        )
+        self._wake = anyio.Event()
+        self.app = create_app(
+            store, on_webhook=self.request_sync, webhook_secret=settings.webhook_secret
+        )
+
+    def request_sync(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, ready: anyio.Event | None = None) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            log_level="warning",
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._sync_loop)
+            watched = self._watched()
+            if watched is not None:
+                tasks.start_soon(self._watch, watched)
+            tasks.start_soon(server.serve)
+            while not server.started:
+                await anyio.sleep(0.02)
+            log.info(
+                "controller on http://%s:%d, following %s", self.settings.host,
+                self.settings.port, _describe(self.source),
+            )  # fmt: skip
+            if ready is not None:
+                ready.set()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            try:
+                await anyio.to_thread.run_sync(self.syncer.sync)
+            except Exception:  # a bug or a database outage: log it, keep the loop alive
+                log.exception("sync crashed; retrying after the poll interval")
+            with anyio.move_on_after(self.settings.poll_interval):
+                await self._wake.wait()
+
+    def _watched(self) -> Path | None:
+        if not self.settings.watch:
+            return None
+        if isinstance(self.source, DirectorySource):
+            return Path(self.source.url)
+        if isinstance(self.source, GitSource) and not self.source.remote:
+            git_dir = Path(self.source.url) / ".git"
+            return git_dir if git_dir.is_dir() else Path(self.source.url)
+        return None
+
+    async def _watch(self, path: Path) -> None:
+        import watchfiles
+
+        in_git = path.name == ".git"
+
+        def relevant(_change: watchfiles.Change, name: str) -> bool:
+            # In a repository only a moved branch matters, not objects or the index.
+            return not in_git or "/refs/" in name or name.endswith(("packed-refs", "HEAD"))
+
+        async for _changes in watchfiles.awatch(path, watch_filter=relevant, debounce=50, step=20):
+            self.request_sync()
+
+
+def _describe(source: ManifestSource) -> str:
+    where = f"{source.url} (branch {source.branch})" if source.branch else source.url
+    return where + (f", path {source.path}" if source.path else "")
