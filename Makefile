@@ -46,8 +46,9 @@ test: lint system
 	$(BIN)/mlsmctl validate manifests/
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) system
 	$(BIN)/python bench/validate_manifests.py
+	$(BIN)/python bench/sync.py
 
 run: $(STAMP)
 	@echo "mlsmctl up (a whole installation on this machine) is not built yet: issue 8."

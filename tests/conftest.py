@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests import postgres
 
 
 @pytest.fixture
@@ -35,21 +32,6 @@ def write(tmp_path: Path) -> Callable[[str, str], Path]:
 # or the server named by MLSM_TEST_POSTGRES_URL.
 
 
-def _postgres_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.fail(
-            "PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)"
-        )
-    return found[-1].parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """The URL of a PostgreSQL server's `postgres` database."""
@@ -57,25 +39,14 @@ def postgres_server() -> Iterator[str]:
     if given:
         yield given
         return
-    bin_dir = _postgres_bin()
-    data = Path(tempfile.mkdtemp(prefix="mlsm-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(data, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    run = functools.partial(subprocess.run, check=True, capture_output=True)
-    run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-         "--no-sync"])  # fmt: skip
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-o", options,
-         "-l", str(data / "log"), "start"])  # fmt: skip
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        cluster = postgres.Cluster.start()
+    except postgres.NotInstalled as exc:
+        pytest.fail(str(exc))
+    try:
+        yield cluster.url
     finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)  # fmt: skip
-        shutil.rmtree(data, ignore_errors=True)
+        cluster.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from mlsm import planning
 from mlsm.controller.applying import apply_plan, record, stored_objects
 from mlsm.controller.sources import ManifestSource, SourceError
+from mlsm.manifests.parsing import paused_gc
 from mlsm.store import Store, SyncState
 from mlsm.store.types import utcnow
 
@@ -65,17 +66,22 @@ class Syncer:
         self.source = source
         self.max_prune_share = max_prune_share
         self.allow_mass_prune = allow_mass_prune
+        self._memo: planning.reconciling.ManifestMemo = {}
 
     def sync(self, *, force: bool = False) -> SyncOutcome:
         """Bring the store to the source's newest commit. Never raises for a source
         or manifest problem: the outcome (and the sync state) says what went wrong."""
+        with paused_gc():  # a sync makes many small acyclic objects; collections over a
+            return self._sync(force=force)  # big heap cost more than the sync itself
+
+    def _sync(self, *, force: bool) -> SyncOutcome:
         started = time.perf_counter()
         try:
             commit = self.source.head()
             if not force and commit.sha == self._applied():
                 return SyncOutcome(ok=True, commit=commit.sha, skipped=True)
             desired = planning.desired_state(
-                self.source.load(commit), commit_message=commit.message
+                self.source.load(commit), commit_message=commit.message, memo=self._memo
             )
         except SourceError as exc:
             return self._failed(str(exc), started)

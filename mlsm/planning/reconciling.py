@@ -172,10 +172,18 @@ class Plan:
         return [a for a in self.actions if isinstance(a, Prune)]
 
 
-def desired_state(result: LoadResult, *, commit_message: str = "") -> DesiredState:
+ManifestMemo = dict[int, tuple[Located, dict[str, Any], str]]
+"""id(located) -> (located, manifest dict, hash): a loader that reuses the `Located`
+of unchanged files (a `GitTreeCache`) lets a sync skip re-serialising them."""
+
+
+def desired_state(
+    result: LoadResult, *, commit_message: str = "", memo: ManifestMemo | None = None
+) -> DesiredState:
     """The objects of a loaded commit: valid ones with their manifests, invalid ones
     (any problem naming them, or defined twice) with their errors."""
     state = DesiredState()
+    fresh: ManifestMemo = {}
     problems: dict[Key, list[Problem]] = {}
     for problem in result.problems:
         if problem.kind and problem.name:
@@ -198,7 +206,14 @@ def desired_state(result: LoadResult, *, commit_message: str = "") -> DesiredSta
         key = (located.kind, located.name)
         if key in problems:
             continue
-        manifest = located.manifest.to_manifest_dict()
+        known = memo.get(id(located)) if memo is not None else None
+        if known is not None and known[0] is located:
+            manifest, digest = known[1], known[2]
+        else:
+            manifest = located.manifest.to_manifest_dict()
+            digest = spec_hash(manifest)
+        if memo is not None:
+            fresh[id(located)] = (located, manifest, digest)
         annotations = located.manifest.metadata.annotations
         if annotations.get(ALLOW_MASS_PRUNE, "").lower() == "true":
             state.allow_mass_prune = True
@@ -208,7 +223,7 @@ def desired_state(result: LoadResult, *, commit_message: str = "") -> DesiredSta
             path=located.path,
             line=located.position.line,
             manifest=manifest,
-            hash=spec_hash(manifest),
+            hash=digest,
         )
     for key, found in problems.items():
         first = min(found, key=Problem.sort_key)
@@ -219,6 +234,9 @@ def desired_state(result: LoadResult, *, commit_message: str = "") -> DesiredSta
             line=first.line,
             problems=tuple(_located(p) for p in sorted(found, key=Problem.sort_key)),
         )
+    if memo is not None:  # keep only what this commit still has
+        memo.clear()
+        memo.update(fresh)
     if _trailer_allows(commit_message):
         state.allow_mass_prune = True
     return state
