@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from mlsm import __version__, manifests, schemas
+from mlsm.cli import views
+from mlsm.cli.client import DEFAULT_SERVER, Client
 from mlsm.cli.output import Format, print_problems
 from mlsm.errors import UserError
 
@@ -152,6 +155,91 @@ def schema(
         if name is None:
             raise UsageError(f"unknown kind '{kind}'; choose one of {', '.join(schemas.KINDS)}")
     typer.echo(json.dumps(schemas.json_schema(name), indent=2))
+
+
+ServerOption = Annotated[
+    str | None,
+    typer.Option("--server", "-s", envvar="MLSM_SERVER", show_default=False,
+                 help=f"The controller's URL (default {DEFAULT_SERVER})."),
+]  # fmt: skip
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="MLSM_TOKEN", show_default=False,
+                 help="An API token (reads from loopback need none)."),
+]  # fmt: skip
+
+
+class GetFormat(StrEnum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+
+
+def _kind(value: str) -> str:
+    kind = _KIND_ALIASES.get(value.lower())
+    if kind is None:
+        raise UsageError(f"unknown kind '{value}'; use nodes, datasets or jobs")
+    return kind
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="nodes, datasets or jobs.", show_default=False)],
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[NAME]...", show_default=False, help="Only these objects."),
+    ] = None,
+    output: Annotated[GetFormat, typer.Option("--output", "-o")] = GetFormat.table,
+    selector: Annotated[
+        str | None,
+        typer.Option(
+            "--selector", "-l", show_default=False, help="Label selector, e.g. gpu=a100,zone=b."
+        ),
+    ] = None,
+    phase: Annotated[
+        str | None, typer.Option(show_default=False, help="Jobs in these phases (comma-separated).")
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option(show_default=False, help="Jobs of one owner.")
+    ] = None,
+    deleted: Annotated[
+        bool, typer.Option("--deleted", help="Include objects removed from git.")
+    ] = False,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    version: VersionOption = False,
+) -> None:
+    """List objects from the controller, as `kubectl get` does."""  # fmt: skip
+    resolved = _kind(kind)
+    client = Client(server, token)
+    if names:
+        objects = [client.object(resolved, name) for name in names]
+    else:
+        params = {"selector": selector, "phase": phase, "owner": owner,
+                  "deleted": "true" if deleted else None}  # fmt: skip
+        objects = list(client.objects(resolved, **params))
+    if output is GetFormat.json:
+        typer.echo(json.dumps({"items": objects}, indent=2))
+    elif output is GetFormat.yaml:
+        typer.echo(manifests.dump_yaml({"items": objects}), nl=False)
+    elif not objects:
+        typer.echo(f"No {resolved} objects found.", err=True)
+    else:
+        typer.echo(views.table(resolved, objects, wide=output is GetFormat.wide))
+
+
+@app.command()
+def describe(
+    kind: Annotated[str, typer.Argument(help="node, dataset or job.", show_default=False)],
+    name: Annotated[str, typer.Argument(show_default=False)],
+    server: ServerOption = None,
+    token: TokenOption = None,
+    version: VersionOption = False,
+) -> None:
+    """Show one object: spec, status, conditions, the commit that last changed it, its
+    runs and recent events."""
+    typer.echo(views.describe(Client(server, token).object(_kind(kind), name)))
 
 
 def main(argv: list[str] | None = None) -> int:

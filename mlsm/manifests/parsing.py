@@ -168,8 +168,11 @@ class _Dumper(yaml.SafeDumper):
         return super().choose_scalar_style()
 
 
-_Dumper.add_implicit_resolver(_FLOAT, _CORE_FLOAT, list("-+.0123456789"))
-_Dumper.add_implicit_resolver(_INT, _CORE_INT, list("-+0123456789"))
+# (PyYAML matches resolvers at the start only: anchor them to the end too.)
+_Dumper.add_implicit_resolver(
+    _FLOAT, re.compile(f"(?:{_CORE_FLOAT.pattern})$"), list("-+.0123456789")
+)
+_Dumper.add_implicit_resolver(_INT, re.compile(f"(?:{_CORE_INT.pattern})$"), list("-+0123456789"))
 
 
 def dump_yaml(data: Any) -> str:

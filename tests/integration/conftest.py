@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 import textwrap
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 
@@ -64,3 +70,50 @@ def job(name: str, epochs: int = 1, dataset: str = "") -> str:
           command: [python, -c, "print({epochs})"]{data}
           resources: {{gpus: 1}}
     """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def controller_bin() -> list[str]:
+    return [sys.executable, "-m", "mlsm.controller"]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except (httpx.HTTPError, KeyError, IndexError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Client]]:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def _start(repo: str, *flags: str) -> httpx.Client:
+        port = free_port()
+        log = open(tmp_path / f"controller-{port}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [*controller_bin(), "run", "--repo", repo, "--listen", f"127.0.0.1:{port}",
+             "--database-url", database_url, "--state-dir", str(tmp_path / "state"), *flags],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        processes.append(process)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+        wait_for(lambda: client.get("/healthz").status_code == 200)
+        return client
+
+    yield _start
+    for process in processes:
+        process.terminate()
+        process.wait(10)

@@ -1,0 +1,65 @@
+"""The controller's API as `mlsmctl` sees it: an httpx client with the server URL and
+token, and errors turned into one line that says what to do."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from mlsm.errors import UserError
+
+__all__ = ["DEFAULT_SERVER", "Client", "ServerError"]
+
+DEFAULT_SERVER = "http://127.0.0.1:8470"
+PLURALS = {"Node": "nodes", "Dataset": "datasets", "TrainingJob": "jobs"}
+
+
+class ServerError(UserError):
+    """The controller could not be reached, or refused the request."""
+
+
+class Client:
+    def __init__(self, server: str | None = None, token: str | None = None) -> None:
+        self.server = (server or os.environ.get("MLSM_SERVER") or DEFAULT_SERVER).rstrip("/")
+        token = token or os.environ.get("MLSM_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=30)
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._request("GET", path, params={k: v for k, v in params.items() if v})
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._request("POST", path, json=body)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, f"/api/v1{path}", **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerError(
+                f"cannot reach the controller at {self.server} ({exc}); is it running? "
+                "Set --server or MLSM_SERVER"
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text.strip()[:200] or response.reason_phrase
+            raise ServerError(f"{self.server}: {message}")
+        return response.json()
+
+    def objects(self, kind: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every object of a kind, following the pagination."""
+        cursor = ""
+        while True:
+            page = self.get(f"/{PLURALS[kind]}", limit=1000, **{"continue": cursor}, **params)
+            yield from page["items"]
+            cursor = page.get("continue") or ""
+            if not cursor:
+                return
+
+    def object(self, kind: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/{PLURALS[kind]}/{name}")
+        return result

@@ -1,0 +1,146 @@
+"""How `mlsmctl get` and `describe` show objects: kubectl-style tables and pages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mlsm import schemas
+from mlsm.manifests import dump_yaml
+
+__all__ = ["age", "describe", "table"]
+
+
+def age(stamp: str | None, now: dt.datetime | None = None) -> str:
+    if not stamp:
+        return "-"
+    seconds = int(
+        ((now or dt.datetime.now(dt.UTC)) - dt.datetime.fromisoformat(stamp)).total_seconds()
+    )
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit == "d" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _valid(obj: dict[str, Any]) -> str:
+    for condition in obj["status"].get("conditions", []):
+        if condition.get("type") == "Valid":
+            return "yes" if condition.get("status") == "True" else "NO"
+    return "-"
+
+
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The spec with its defaults filled in (the store keeps what was written)."""
+    spec = obj.get("spec")
+    if not spec:
+        return {}
+    model = schemas.KINDS[obj["kind"]]
+    try:
+        full = model.model_validate({"metadata": {"name": obj["metadata"]["name"]}, "spec": spec})
+    except ValueError:  # written by a newer mlsm: show it as it is
+        return dict(spec)
+    out: dict[str, Any] = full.spec.model_dump(mode="json", by_alias=True)
+    return out
+
+
+Column = tuple[str, Callable[[dict[str, Any]], object]]
+
+COLUMNS: dict[str, list[Column]] = {
+    "Node": [
+        ("GPUS", lambda o: _spec(o).get("capacity", {}).get("gpus", "-")),
+        ("RUNTIMES", lambda o: ",".join(_spec(o).get("runtimes", [])) or "-"),
+        ("SCHEDULABLE", lambda o: "no" if _spec(o).get("unschedulable") else "yes"),
+    ],
+    "Dataset": [
+        ("FORMAT", lambda o: _spec(o).get("format", "-")),
+        ("LOCATIONS", lambda o: ",".join(x["node"] for x in _spec(o).get("locations", [])) or "-"),
+    ],
+    "TrainingJob": [
+        ("OWNER", lambda o: o["metadata"].get("owner") or "-"),
+        ("PHASE", lambda o: o["status"].get("phase", "-")),
+        ("GPUS", lambda o: _spec(o).get("resources", {}).get("gpus", 0)),
+        ("PRIORITY", lambda o: _spec(o).get("priority", 0)),
+    ],
+}
+WIDE: list[Column] = [
+    ("GEN", lambda o: o["metadata"]["generation"]),
+    ("SOURCE", lambda o: f"{o['metadata']['source']['path']}:{o['metadata']['source']['line']}"),
+    ("COMMIT", lambda o: o["metadata"]["commit"]["sha"][:10] or "-"),
+]
+
+
+def table(kind: str, objects: Sequence[dict[str, Any]], *, wide: bool = False) -> str:
+    columns: list[Column] = [("NAME", lambda o: o["metadata"]["name"]), *COLUMNS[kind],
+                             ("VALID", _valid)]  # fmt: skip
+    if wide:
+        columns += WIDE
+    columns.append(("AGE", lambda o: age(o["metadata"].get("createdAt"))))
+    rows = [[str(get(o)) for _, get in columns] for o in objects]
+    return _grid([name for name, _ in columns], rows)
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]  # fmt: skip
+    return "\n".join(lines)
+
+
+def describe(obj: dict[str, Any]) -> str:
+    """A page about one object, as `kubectl describe` gives."""
+    meta, status = obj["metadata"], obj["status"]
+    commit = meta["commit"]
+    lines = [
+        f"Name:         {meta['name']}",
+        f"Kind:         {obj['kind']}",
+        f"UID:          {meta['uid']}",
+        f"Labels:       {_pairs(meta.get('labels'))}",
+        f"Annotations:  {_pairs(meta.get('annotations'))}",
+    ]
+    if obj["kind"] == "TrainingJob":
+        lines += [f"Owner:        {meta.get('owner') or '-'}",
+                  f"Phase:        {status.get('phase', '-')}"]  # fmt: skip
+    lines += [
+        f"Generation:   {meta['generation']}",
+        f"Source:       {meta['source']['path']}:{meta['source']['line']}",
+        f"Commit:       {commit['sha'][:10] or '-'} {_first_line(commit['message'])}".rstrip(),
+        f"Author:       {commit['author'] or '-'}",
+        f"Created:      {meta.get('createdAt')} ({age(meta.get('createdAt'))} ago)",
+    ]
+    if meta.get("deletedAt"):
+        lines.append(f"Deleted:      {meta['deletedAt']} (removed from git; kept as history)")
+    lines.append("Conditions:")
+    conditions = status.get("conditions", [])
+    lines += _indent(_grid(["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], [
+        [c["type"], c["status"], c.get("reason", ""), age(c.get("lastTransitionTime")),
+         c.get("message", "")] for c in conditions
+    ]) if conditions else "<none>")  # fmt: skip
+    lines.append("Spec:")
+    lines += _indent(dump_yaml(obj.get("spec") or {}).rstrip() or "<none: never valid>")
+    if "runs" in obj:
+        lines.append("Runs:")
+        runs = obj["runs"]
+        lines += _indent(_grid(["ID", "ATTEMPT", "NODE", "PHASE", "REASON", "AGE"], [
+            [r["id"][:8], str(r["attempt"]), r["node"] or "-", r["phase"], r["reason"] or "-",
+             age(r["createdAt"])] for r in runs
+        ]) if runs else "<none>")  # fmt: skip
+    lines.append("Events:")
+    events = obj.get("events", [])
+    lines += _indent(_grid(["AGE", "TYPE", "REASON", "BY", "MESSAGE"], [
+        [age(e["at"]), e["type"], e["reason"], e["actor"] or "-", e["message"]] for e in events
+    ]) if events else "<none>")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _pairs(values: dict[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (values or {}).items()) or "<none>"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _indent(text: str) -> list[str]:
+    return ["  " + line for line in text.splitlines()]
