@@ -11,12 +11,13 @@ import json
 import os
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mlsm import __version__, manifests, schemas
-from mlsm.cli import views
+from mlsm.cli import diffing, views
 from mlsm.cli.client import DEFAULT_SERVER, Client
 from mlsm.cli.output import Format, print_problems
 from mlsm.errors import UserError
@@ -240,6 +241,39 @@ def describe(
     """Show one object: spec, status, conditions, the commit that last changed it, its
     runs and recent events."""
     typer.echo(views.describe(Client(server, token).object(_kind(kind), name)))
+
+
+@app.command()
+def diff(
+    filename: Annotated[
+        str,
+        typer.Option(
+            "--filename",
+            "-f",
+            show_default=False,
+            help="A manifests directory (the whole branch) or file.",
+        ),
+    ],
+    server: ServerOption = None,
+    token: TokenOption = None,
+    version: VersionOption = False,
+) -> None:
+    """What the controller would do if PATH were its branch: creates (+), field-level
+    updates (~), deletes (-) and objects that would be invalid (!).
+
+    Exit status as `kubectl diff`: 0 when nothing would change, 1 when something would.
+    """  # fmt: skip
+    if not Path(filename).exists():
+        raise UsageError(f"{filename}: no such file or directory")
+    plan, live, _problems = diffing.plan_against(Client(server, token), filename)
+    for line in diffing.diff_lines(plan, live):
+        typer.echo(line)
+    if plan.held:
+        typer.echo(f"held: {plan.held}")
+    if not plan.actions:
+        typer.echo("no changes", err=True)
+        return
+    raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

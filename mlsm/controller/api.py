@@ -61,6 +61,7 @@ def object_json(row: StoredObject, *, events: list[Event] | None = None) -> dict
     metadata.update(
         uid=row.uid,
         generation=row.generation,
+        specHash=row.spec_hash,
         createdAt=_time(row.created_at),
         updatedAt=_time(row.updated_at),
         deletedAt=_time(row.deleted_at),

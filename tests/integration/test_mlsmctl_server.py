@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -73,3 +76,37 @@ def test_an_unreachable_controller_is_one_line() -> None:
     assert done.returncode == 1
     assert "cannot reach the controller at http://127.0.0.1:9" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_diff_says_what_the_controller_would_do_with_a_path(
+    start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path
+) -> None:
+    repo.write("jobs/keep.yaml", job("keep"))
+    repo.write("jobs/change.yaml", job("change"))
+    repo.write("jobs/drop.yaml", job("drop"))
+    sha = repo.commit()
+    client = start(str(repo.root), "--poll-interval", "0.2", "--no-watch")
+    wait_for(lambda: client.get("/api/v1/sync").json()["items"][0]["commit"]["sha"] == sha)
+    checkout = tmp_path / "checkout"
+    shutil.copytree(repo.root, checkout, ignore=shutil.ignore_patterns(".git"))
+    same = mlsmctl(client, "diff", "-f", str(checkout))
+    assert (same.returncode, same.stdout, same.stderr.strip()) == (0, "", "no changes")
+
+    (checkout / "jobs" / "change.yaml").write_text(
+        textwrap.dedent(job("change", epochs=4)).lstrip()
+    )
+    (checkout / "jobs" / "drop.yaml").unlink()
+    (checkout / "jobs" / "new.yaml").write_text(textwrap.dedent(job("new")).lstrip())
+    (checkout / "jobs" / "bad.yaml").write_text(
+        textwrap.dedent(job("bad")).lstrip().replace("resources", "resorces")
+    )
+    changed = mlsmctl(client, "diff", "-f", str(checkout))
+    assert changed.returncode == 1, changed.stderr
+    assert changed.stdout.splitlines() == [
+        "! TrainingJob/bad: would be created invalid: jobs/bad.yaml:7:3: TrainingJob/bad: "
+        "spec.resorces: unknown field; did you mean 'resources'?",
+        "~ TrainingJob/change  generation 2",
+        '    ~ spec.command: ["python", "-c", "print(1)"] -> ["python", "-c", "print(4)"]',
+        "+ TrainingJob/new  (jobs/new.yaml:1)",
+        "- TrainingJob/drop (cancels it: it has not finished)",
+    ]
