@@ -276,6 +276,80 @@ def diff(
     raise typer.Exit(1)
 
 
+def _manifest_text(filename: str) -> str:
+    """Every manifest under a file or directory, as one multi-document YAML text."""
+    if filename == "-":
+        return sys.stdin.read()
+    try:
+        files = manifests.discover([filename])
+    except manifests.SourceError as exc:
+        raise UsageError(str(exc)) from exc
+    return "\n---\n".join(Path(f).read_text(encoding="utf-8") for f in files)
+
+
+def _author() -> str:
+    """The user as git knows them (user.name, user.email), else the login name."""
+    import subprocess
+
+    def config(key: str) -> str:
+        done = subprocess.run(["git", "config", key], capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    name = config("user.name") or os.environ.get("USER", "") or "mlsmctl"
+    email = config("user.email")
+    return f"{name} <{email}>" if email else name
+
+
+def _write(filename: str, server: str | None, token: str | None, *, delete: bool) -> None:
+    body = {"manifests": _manifest_text(filename), "author": _author()}
+    result = Client(server, token).post("/delete" if delete else "/apply", body)
+    verb = "deleted" if delete else "applied"
+    where = f"commit {result['commit'][:10]}" if result["commit"] else "the source directory"
+    for name, path in zip(result["objects"], result["files"], strict=True):
+        typer.echo(f"{name} {verb} ({path}, {where})")
+
+
+@app.command()
+def apply(
+    filename: Annotated[
+        str,
+        typer.Option(
+            "--filename",
+            "-f",
+            show_default=False,
+            help="A manifest file or directory ('-': standard input).",
+        ),
+    ],
+    server: ServerOption = None,
+    token: TokenOption = None,
+    version: VersionOption = False,
+) -> None:
+    """Write manifests into the controller's local source, as a commit by you (for
+    local testing; a controller following a remote branch refuses: open a pull
+    request). Needs an admin token."""  # fmt: skip
+    _write(filename, server, token, delete=False)
+
+
+@app.command()
+def delete(
+    filename: Annotated[
+        str,
+        typer.Option(
+            "--filename",
+            "-f",
+            show_default=False,
+            help="Manifests naming the objects to remove ('-': stdin).",
+        ),
+    ],
+    server: ServerOption = None,
+    token: TokenOption = None,
+    version: VersionOption = False,
+) -> None:
+    """Remove objects' files from the controller's local source, as a commit by you.
+    Needs an admin token."""  # fmt: skip
+    _write(filename, server, token, delete=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run mlsmctl and return its exit status; errors become messages, not tracebacks.
 

@@ -25,7 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlsm.controller import writing
 from mlsm.controller.applying import FINISHED
+from mlsm.controller.sources import ManifestSource
 from mlsm.store import OBJECT_MODELS, Event, Job, Run, Store, StoredObject, SyncState, Token
 
 __all__ = ["API_PREFIX", "ApiError", "create_app", "object_json", "token_digest"]
@@ -152,10 +154,17 @@ def _paged(items: list[Any], limit: int, ids: list[int]) -> dict[str, Any]:
 class Api:
     """Route handlers over one store; the blocking queries run in worker threads."""
 
-    def __init__(self, store: Store, on_webhook: Callable[[], None], webhook_secret: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_webhook: Callable[[], None],
+        webhook_secret: str,
+        source: ManifestSource | None,
+    ) -> None:
         self.store = store
         self.on_webhook = on_webhook
         self.webhook_secret = webhook_secret
+        self.source = source
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(function, *args)
@@ -267,6 +276,46 @@ class Api:
         self.on_webhook()
         return JSONResponse({"accepted": True, "ref": ref}, status_code=202)
 
+    async def apply(self, request: Request) -> Response:
+        return await self._write(request, delete=False)
+
+    async def delete(self, request: Request) -> Response:
+        return await self._write(request, delete=True)
+
+    async def _write(self, request: Request, *, delete: bool) -> Response:
+        """Write manifests into the local source as a commit by the caller (admin token)."""
+        token = _bearer(request)
+        role = await self.call(_token_role, self.store, token) if token else None
+        if role is None:
+            raise ApiError(401, "apply and delete need an admin token: --token or MLSM_TOKEN "
+                                "(mlsm-controller token issue --role admin)")  # fmt: skip
+        if role != "admin":
+            raise ApiError(403, f"a {role} token cannot apply or delete; use an admin token")
+        try:
+            body = await request.json()
+            text = body["manifests"].encode()
+            author = str(body.get("author") or "mlsmctl")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ApiError(400, "the body must be JSON: {\"manifests\": \"<YAML>\", "
+                                "\"author\": \"Name <email>\"}") from None  # fmt: skip
+        if self.source is None:
+            raise ApiError(409, "this controller has no source to write into")
+        source = self.source
+
+        def write() -> dict[str, Any]:
+            changes = writing.plan_writes(self.store, source, text, delete=delete)
+            names = [o for c in changes for o in c.objects]
+            message = f"mlsmctl {'delete' if delete else 'apply'}: {', '.join(names)}\n"
+            commit = writing.write_changes(source, changes, author=author, message=message)
+            return {"commit": commit, "objects": names, "files": [c.path for c in changes]}
+
+        try:
+            result = await self.call(write)
+        except writing.WriteRefused as exc:
+            raise ApiError(409, str(exc)) from None
+        self.on_webhook()  # sync now
+        return JSONResponse(result)
+
     def _kind(self, plural: str) -> str:
         kind = KINDS.get(plural.lower())
         if kind is None:
@@ -301,8 +350,7 @@ class _ReadAccess(BaseHTTPMiddleware):
         path = request.url.path
         if path == "/healthz" or path == f"{API_PREFIX}/hooks/git" or _loopback(request):
             return await call_next(request)
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        token = _bearer(request)
         if not token:
             return _error(401, "a token is needed from outside this machine: "
                                "Authorization: Bearer <read token>")  # fmt: skip
@@ -312,12 +360,23 @@ class _ReadAccess(BaseHTTPMiddleware):
         return await call_next(request)
 
     def _role(self, token: str) -> str | None:
-        digest = token_digest(token)
-        with self.store.read() as session:
-            row = session.scalars(select(Token).where(Token.digest == digest)).first()
-        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.digest, digest):
-            return None
-        return row.role
+        return _token_role(self.store, token)
+
+
+def _token_role(store: Store, token: str) -> str | None:
+    """The role of a live token, or None. Looked up by digest, then compared in
+    constant time."""
+    digest = token_digest(token)
+    with store.read() as session:
+        row = session.scalars(select(Token).where(Token.digest == digest)).first()
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.digest, digest):
+        return None
+    return row.role
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
 
 
 def _loopback(request: Request) -> bool:
@@ -342,9 +401,13 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    store: Store, *, on_webhook: Callable[[], None] = lambda: None, webhook_secret: str = ""
+    store: Store,
+    *,
+    on_webhook: Callable[[], None] = lambda: None,
+    webhook_secret: str = "",
+    source: ManifestSource | None = None,
 ) -> Starlette:
-    api = Api(store, on_webhook, webhook_secret)
+    api = Api(store, on_webhook, webhook_secret, source)
     p = API_PREFIX
     routes = [
         Route("/healthz", api.healthz),
@@ -352,6 +415,8 @@ def create_app(
         Route(f"{p}/runs", api.list_runs),
         Route(f"{p}/events", api.list_events),
         Route(f"{p}/hooks/git", api.webhook, methods=["POST"]),
+        Route(f"{p}/apply", api.apply, methods=["POST"]),
+        Route(f"{p}/delete", api.delete, methods=["POST"]),
         Route(p + "/{kind}", api.list_objects),
         Route(p + "/{kind}/{name}", api.get_object),
     ]

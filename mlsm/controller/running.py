@@ -57,7 +57,10 @@ class Controller:
         )
         self._wake = anyio.Event()
         self.app = create_app(
-            store, on_webhook=self.request_sync, webhook_secret=settings.webhook_secret
+            store,
+            on_webhook=self.request_sync,
+            webhook_secret=settings.webhook_secret,
+            source=source,
         )
 
     def request_sync(self) -> None:

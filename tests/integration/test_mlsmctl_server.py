@@ -110,3 +110,73 @@ def test_diff_says_what_the_controller_would_do_with_a_path(
         "+ TrainingJob/new  (jobs/new.yaml:1)",
         "- TrainingJob/drop (cancels it: it has not finished)",
     ]
+
+
+def issue_token(client: httpx.Client, database_url: str, role: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "mlsm.controller", "token", "issue", "--role", role,
+         "--database-url", database_url], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_apply_and_delete_commit_into_a_local_source(
+    start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path, database_url: str
+) -> None:
+    repo.write("jobs/old.yaml", job("old"))
+    repo.write("jobs/pair.yaml", job("p1") + "\n---\n" + textwrap.dedent(job("p2")))
+    sha = repo.commit()
+    client = start(str(repo.root), "--poll-interval", "600")
+    wait_for(lambda: client.get("/api/v1/sync").json()["items"][0]["commit"]["sha"] == sha)
+    admin = issue_token(client, database_url, "admin")
+    reader = issue_token(client, database_url, "read")
+    new = tmp_path / "new.yaml"
+    new.write_text(textwrap.dedent(job("new")).lstrip())
+
+    refused = mlsmctl(client, "apply", "-f", str(new))
+    assert refused.returncode == 1
+    assert "apply and delete need an admin token" in refused.stderr
+    read_only = mlsmctl(client, "apply", "-f", str(new), "--token", reader)
+    assert "a read token cannot apply or delete" in read_only.stderr
+
+    applied = mlsmctl(client, "apply", "-f", str(new), "--token", admin)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.startswith("TrainingJob/new applied (jobs/new.yaml, commit ")
+    assert repo.git("log", "-1", "--format=%an|%s") == (
+        f"{_git_name()}|mlsmctl apply: TrainingJob/new"
+    )
+    assert repo.git("show", "HEAD:jobs/new.yaml") == new.read_text().strip()
+    wait_for(lambda: client.get("/api/v1/jobs/new").status_code == 200, timeout=5)
+
+    (tmp_path / "old.yaml").write_text(textwrap.dedent(job("old")).lstrip())
+    deleted = mlsmctl(client, "delete", "-f", str(tmp_path / "old.yaml"), "--token", admin)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "jobs/old.yaml" not in repo.git("ls-tree", "-r", "--name-only", "HEAD")
+    wait_for(lambda: client.get("/api/v1/jobs/old").json()["metadata"]["deletedAt"], timeout=5)
+
+    (tmp_path / "p1.yaml").write_text(textwrap.dedent(job("p1", epochs=7)).lstrip())
+    shared = mlsmctl(client, "apply", "-f", str(tmp_path / "p1.yaml"), "--token", admin)
+    assert shared.returncode == 1
+    assert "is defined in jobs/pair.yaml together with other objects" in shared.stderr
+    (tmp_path / "bad.yaml").write_text("kind: TrainingJob\nmetadata: {name: x}\n")
+    bad = mlsmctl(client, "apply", "-f", str(tmp_path / "bad.yaml"), "--token", admin)
+    assert bad.returncode == 1
+    assert "required field is missing" in bad.stderr
+
+
+def test_apply_is_refused_for_a_remote_branch(
+    start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path, database_url: str
+) -> None:
+    repo.write("jobs/a.yaml", job("a"))
+    repo.commit()
+    client = start(f"file://{repo.root}", "--poll-interval", "600")
+    admin = issue_token(client, database_url, "admin")
+    (tmp_path / "b.yaml").write_text(textwrap.dedent(job("b")).lstrip())
+    done = mlsmctl(client, "apply", "-f", str(tmp_path / "b.yaml"), "--token", admin)
+    assert done.returncode == 1
+    assert "open a pull request" in done.stderr
+
+
+def _git_name() -> str:
+    done = subprocess.run(["git", "config", "user.name"], capture_output=True, text=True)
+    return done.stdout.strip() or os.environ.get("USER", "") or "mlsmctl"
