@@ -1,0 +1,52 @@
+"""The trainer's configuration: a TrainingJob's `spec.trainer`, plus where the data is
+and where checkpoints go (the agent fills those in), read from JSON or YAML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from mlsm.errors import UserError
+from mlsm.schemas.jobs import TrainerConfig
+
+__all__ = ["RunConfig", "load_config"]
+
+
+class RunConfig(TrainerConfig):
+    """Everything one training run needs."""
+
+    model: str = Field(
+        description="A Hugging Face model folder (absolute, or relative to the working "
+        "directory), or 'builtin:vit-tiny', 'builtin:vit-small', 'builtin:vit-base'."
+    )
+    dataset_root: str = Field(description="ImageFolder root: train/ and val/ (test/ optional).")
+    output_dir: str = Field(description="Checkpoints (last/, best/) and the final model.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimiser steps (for tests)."
+    )
+    log_every: int = Field(default=20, ge=1, description="Steps between progress lines.")
+    cache_bytes: int = Field(
+        default=2 << 30, ge=0, description="Decoded images kept in memory up to this size."
+    )
+
+
+def load_config(path: str) -> RunConfig:
+    """A config file, JSON or YAML, with errors that name the file and the field."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the config: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: not valid JSON/YAML: {exc}") from exc
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise UserError(f"{path}: {problems}") from exc

@@ -1,0 +1,190 @@
+"""The built-in trainer on real (small) data: learning, metrics, checkpoints, resume,
+SIGTERM, torchrun with two processes, and a checkpoint that classifies on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlsm.errors import UserError
+from mlsm.training.config import RunConfig
+from mlsm.training.looping import train
+from tests.training.conftest import NAMES
+
+
+def config(digits: Path, model: Path | str, output: Path, **overrides: Any) -> RunConfig:
+    values: dict[str, Any] = {"model": str(model), "dataset_root": str(digits),
+                              "output_dir": str(output), "epochs": 4, "batch_size": 32,
+                              "learning_rate": 3e-3, "warmup_ratio": 0.1, "seed": 7,
+                              "num_workers": 0}  # fmt: skip
+    return RunConfig.model_validate(values | overrides)
+
+
+def write_config(path: Path, run: RunConfig) -> Path:
+    path.write_text(run.model_dump_json(by_alias=True))
+    return path
+
+
+def test_training_learns_and_records_metrics_and_checkpoints(
+    digits: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics_file = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv("MLSM_METRICS_FILE", str(metrics_file))
+    result = train(config(digits, tiny_model, tmp_path / "out"))
+    assert result.stopped == ""
+    assert result.best is not None
+    assert result.best > 0.3  # chance is 0.1
+    assert result.metrics["f1"] > 0.2
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "val", "test"}
+    assert set(records[0]) == {"step", "epoch", "split", "name", "value", "time"}
+    val = [r for r in records if r["split"] == "val" and r["name"] == "accuracy"]
+    assert len(val) == 4
+    for name in ("best", "last"):
+        folder = tmp_path / "out" / "checkpoints" / name
+        assert (folder / "model.safetensors").is_file()
+        assert (folder / "preprocessor_config.json").is_file()
+        config_json = json.loads((folder / "config.json").read_text())
+        assert config_json["id2label"] == {str(i): n for i, n in enumerate(sorted(NAMES))}
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
+    digits: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    whole = train(config(digits, tiny_model, tmp_path / "whole", epochs=2))
+    # 1,100 images in batches of 32: 35 steps an epoch; stop in the middle of epoch 2
+    part = train(config(digits, tiny_model, tmp_path / "parts", epochs=2, max_steps=50))
+    assert part.stopped == "max_steps"
+    rest = train(config(digits, tiny_model, tmp_path / "parts", epochs=2))
+    assert rest.steps == whole.steps == 70
+    final = [load_file(tmp_path / run / "checkpoints" / "last" / "model.safetensors")
+             for run in ("whole", "parts")]  # fmt: skip
+    assert final[0].keys() == final[1].keys()
+    for key in final[0]:
+        torch.testing.assert_close(final[0][key], final[1][key], rtol=0, atol=1e-6)
+
+
+def test_sigterm_mid_epoch_leaves_a_loadable_checkpoint(
+    digits: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForImageClassification
+
+    run = config(digits, tiny_model, tmp_path / "out", epochs=50, batch_size=16, log_every=1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlsm.training", "--config",
+         str(write_config(tmp_path / "run.json", run))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("epoch 1/50 step 5/"):
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stdout.read()
+    assert process.wait(60) == 143
+    assert "SIGTERM: saved a checkpoint at epoch 1, step" in rest
+    last = tmp_path / "out" / "checkpoints" / "last"
+    model = AutoModelForImageClassification.from_pretrained(last)
+    assert model.config.id2label[0] == "eight"
+    state = torch.load(last / "trainer_state.pt", weights_only=False)
+    assert state["epoch"] == 0
+    assert state["step_in_epoch"] >= 5
+
+
+def test_torchrun_with_two_processes_writes_one_checkpoint(
+    digits: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    run = write_config(
+        tmp_path / "run.json", config(digits, tiny_model, tmp_path / "out", epochs=1)
+    )
+    env = {**os.environ, "MLSM_METRICS_FILE": str(tmp_path / "metrics.jsonl")}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "-m", "mlsm.training", "--config", str(run)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "batch 32 x 2 process(es)" in done.stdout
+    assert done.stdout.count("done: best val accuracy") == 1  # rank 0 speaks
+    checkpoints = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert checkpoints == ["best", "last"]
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in records if r["split"] == "val" and r["name"] == "accuracy"]) == 1
+
+
+def test_a_checkpoint_classifies_on_its_own(digits: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForImageClassification, ViTImageProcessorPil
+
+    from mlsm.training.predicting import predict
+
+    train(config(digits, tiny_model, tmp_path / "out"))
+    best = tmp_path / "out" / "checkpoints" / "best"
+    model = AutoModelForImageClassification.from_pretrained(best).eval()
+    processor = ViTImageProcessorPil.from_pretrained(best)
+    images = sorted((digits / "val").glob("*/*.png"))[::20]
+    from PIL import Image
+
+    right = 0
+    for path in images:
+        with Image.open(path) as image:
+            inputs = processor(images=image.convert("RGB"), return_tensors="pt")
+        with torch.no_grad():
+            label = model.config.id2label[int(model(**inputs).logits.argmax(-1))]
+        assert label in NAMES
+        right += label == path.parent.name
+    assert right / len(images) > 0.3
+    ranked = predict(str(best), [str(p) for p in images], top_k=3)
+    assert all(len(r) == 3 and r[0][1] >= r[1][1] >= r[2][1] for r in ranked)
+    assert sum(r[0][0] == p.parent.name for r, p in zip(ranked, images, strict=True)) == right
+    command = [sys.executable, "-m", "mlsm.training", "predict", str(best), str(images[0])]
+    shown = subprocess.run([*command, "--top-k", "2"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"{images[0]}: {ranked[0][0][0]} ")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        pytest.param("no-val", "dataset split 'val' is missing: expected the folder", id="no-val"),
+        pytest.param("empty-class", "has no images", id="empty-class"),
+    ],
+)
+def test_bad_data_is_named_with_its_folder(
+    digits: Path, tiny_model: Path, tmp_path: Path, breakage: str, message: str
+) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(digits / "train", root / "train")
+    if breakage == "empty-class":
+        shutil.copytree(digits / "val", root / "val")
+        (root / "train" / "ten").mkdir()
+    with pytest.raises(UserError, match=message):
+        train(config(root, tiny_model, tmp_path / "out", epochs=1))
+    written = write_config(tmp_path / "c.json", config(root, tiny_model, tmp_path / "o", epochs=1))
+    done = subprocess.run(
+        [sys.executable, "-m", "mlsm.training", "--config", str(written)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_builtin_models_train_from_scratch(digits: Path, tmp_path: Path) -> None:
+    start = time.perf_counter()
+    result = train(config(digits, "builtin:vit-tiny", tmp_path / "out", epochs=2))
+    assert result.best is not None
+    assert result.best > 0.2
+    assert time.perf_counter() - start < 120
