@@ -49,6 +49,7 @@ test: lint system
 bench: $(STAMP) system
 	$(BIN)/python bench/validate_manifests.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/trainer.py
 
 run: $(STAMP)
 	@echo "mlsmctl up (a whole installation on this machine) is not built yet: issue 8."

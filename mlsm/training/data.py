@@ -82,9 +82,16 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         if not self.samples:
             raise UserError(f"dataset split {folder} has no images")
         self.labels = torch.tensor([label for _, label in self.samples])
-        self.cache: torch.Tensor | None = None
-        if len(self.samples) * 3 * self.size[0] * self.size[1] <= self.cache_bytes:
-            self.cache = self._decode_all()
+        self.cached = len(self.samples) * 3 * self.size[0] * self.size[1] <= self.cache_bytes
+        self._cache: torch.Tensor | None = None
+
+    @property
+    def cache(self) -> torch.Tensor | None:
+        """Every image decoded (on first use, so a split is decoded when it is needed),
+        or None when the split is too large to keep."""
+        if self.cached and self._cache is None:
+            self._cache = self._decode_all()
+        return self._cache
 
     def _decode_all(self) -> torch.Tensor:
         out = torch.empty((len(self.samples), 3, *self.size), dtype=torch.uint8)
@@ -100,8 +107,10 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.cache[i] if self.cache is not None else decode(self.samples[i][0], self.size)
-        return image, self.samples[i][1]
+        cache = self.cache
+        return (cache[i] if cache is not None else decode(self.samples[i][0], self.size)), (
+            self.samples[i][1]
+        )
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch from the cache in one indexing operation (no per-sample calls)."""

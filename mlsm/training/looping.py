@@ -49,6 +49,12 @@ class Result:
     metrics: dict[str, float] = field(default_factory=dict)
     stopped: str = ""
     """'' when training finished; 'max_steps' or 'SIGTERM' otherwise."""
+    samples: int = 0
+    """Training samples processed, all processes together."""
+    train_seconds: float = 0.0
+    """Time spent in training steps (not evaluating or saving)."""
+    first_step_at: float | None = None
+    """time.perf_counter() when the first step finished (for start-up figures)."""
 
 
 @dataclass
@@ -151,7 +157,7 @@ def evaluate(
     total_loss, count = 0.0, 0
     for start in range(0, len(data), batch_size):
         indices = torch.arange(start, min(start + batch_size, len(data)))
-        if data.cache is not None:
+        if data.cached:
             images, labels = data.batch(indices)
         else:
             pairs = [data[int(i)] for i in indices]
@@ -253,6 +259,7 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
     )
     train_set = ImageFolder(root, "train", classes, prep.size, config.cache_bytes)
     val_set = ImageFolder(root, "val", classes, prep.size, config.cache_bytes)
+    _ = train_set.cache  # decode the train split now; val waits for the first evaluation
     if config.freeze_backbone:
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith("classifier")
@@ -327,7 +334,7 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
             order = torch.tensor(list(sampler), dtype=torch.long)
             batches = order.split(config.batch_size)
             loader: Any = None
-            if train_set.cache is None:
+            if not train_set.cached:
                 loader = iter(
                     DataLoader(
                         train_set,
@@ -337,6 +344,7 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                     )
                 )
             for in_epoch in range(skip, len(batches)):
+                step_started = time.perf_counter()  # data loading counts: it must not starve
                 if loader is not None:
                     images, labels = next(loader)
                 else:
@@ -357,6 +365,11 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 samples_seen += len(labels) * place.world
+                now = time.perf_counter()
+                result.train_seconds += now - step_started
+                result.samples = samples_seen
+                if result.first_step_at is None:
+                    result.first_step_at = now
                 if step % config.log_every == 0 or in_epoch + 1 == len(batches):
                     elapsed = time.perf_counter() - started
                     rate = samples_seen / max(elapsed, 1e-9)
