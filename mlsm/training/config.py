@@ -1,15 +1,15 @@
 """The trainer's configuration: a TrainingJob's `spec.trainer`, plus where the data is
-and where checkpoints go (the agent fills those in), read from JSON or YAML."""
+and where checkpoints go (the agent fills those in), read from JSON or YAML (1.2, as
+manifests are: `mixedPrecision: no` is the text 'no')."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
 from pydantic import Field, ValidationError
 
 from mlsm.errors import UserError
+from mlsm.manifests.parsing import parse_bytes
 from mlsm.schemas.jobs import TrainerConfig
 
 __all__ = ["RunConfig", "load_config"]
@@ -36,13 +36,15 @@ class RunConfig(TrainerConfig):
 def load_config(path: str) -> RunConfig:
     """A config file, JSON or YAML, with errors that name the file and the field."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read the config: {exc.strerror}") from exc
-    try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: not valid JSON/YAML: {exc}") from exc
+    parsed = parse_bytes(raw, path)  # YAML 1.2, as manifests are read (JSON is YAML too)
+    if parsed.problems:
+        raise UserError(str(parsed.problems[0]))
+    if len(parsed.documents) != 1:
+        raise UserError(f"{path}: a config is one JSON object or YAML mapping")
+    data = parsed.documents[0].data
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -188,3 +188,19 @@ def test_builtin_models_train_from_scratch(digits: Path, tmp_path: Path) -> None
     assert result.best is not None
     assert result.best > 0.2
     assert time.perf_counter() - start < 120
+
+
+def test_a_yaml_config_is_read_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    from mlsm.training.config import load_config
+
+    good = tmp_path / "run.yaml"
+    good.write_text("model: builtin:vit-tiny\ndatasetRoot: /data\noutputDir: /out\nepochs: 2\n"
+                    "monitor: {metric: f1}\nmixedPrecision: no\n")  # fmt: skip
+    run = load_config(str(good))
+    assert (run.epochs, run.monitor.metric, run.mixed_precision) == (2, "f1", "no")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: builtin:vit-tiny\ndatasetRoot: /data\noutputDir: /out\nepochs: 0\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: epochs: Input should be greater than"):
+        load_config(str(bad))
+    with pytest.raises(UserError, match="cannot read the config"):
+        load_config(str(tmp_path / "missing.yaml"))
