@@ -1,4 +1,4 @@
-"""Pure planning: what a sync should change (and, later, where jobs should run).
+"""Pure planning: what a sync should change, and where pending jobs run.
 Nothing here imports the database, git, HTTP or containers."""
 
 from mlsm.planning.reconciling import (
@@ -18,21 +18,35 @@ from mlsm.planning.reconciling import (
     plan_sync,
     spec_hash,
 )
+from mlsm.planning.scheduling import (
+    Binding,
+    NodeView,
+    PendingJob,
+    Placement,
+    ScheduleResult,
+    schedule,
+)
 
 __all__ = [
     "ALLOW_MASS_PRUNE",
     "Action",
+    "Binding",
     "Create",
     "Desired",
     "DesiredState",
     "Invalidate",
+    "NodeView",
+    "PendingJob",
+    "Placement",
     "Plan",
     "Prune",
     "Relocate",
     "Revalidate",
+    "ScheduleResult",
     "Stored",
     "Update",
     "desired_state",
     "plan_sync",
+    "schedule",
     "spec_hash",
 ]

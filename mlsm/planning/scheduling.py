@@ -1,0 +1,184 @@
+"""Where pending jobs run: a pure function of the jobs, the nodes and what is in use.
+
+    result = schedule(pending, nodes, gpus_in_use={"ada": 2})
+
+Order: higher priority first; at equal priority the owner with fewer GPUs in use
+goes first (fair share, updated as this pass binds jobs); then submission order.
+A job goes only to a node that is Ready and schedulable, matches its nodeSelector,
+tolerates the node's NoSchedule taints, offers its runtime, holds its dataset (as
+the node's agent reports), and has the GPUs, CPU and memory free; among those, the
+one it fits most tightly (fewest GPUs left over), so large jobs keep room. GPUs are
+bound by index and never overcommitted. A job that needs several nodes gets all of
+them or none. A job that cannot run is told why, as Kubernetes does:
+`0/3 nodes available: 2 insufficient GPUs, 1 lacks dataset cats`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Binding", "NodeView", "PendingJob", "Placement", "ScheduleResult", "schedule"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A node as the scheduler sees it: what it offers and what is free on it now."""
+
+    name: str
+    ready: bool = True
+    unschedulable: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    runtimes: frozenset[str] = frozenset({"venv", "docker"})
+    no_schedule: frozenset[tuple[str, str]] = frozenset()
+    """NoSchedule taints as (key, value)."""
+    free_gpus: tuple[int, ...] = ()
+    """Indices of the GPUs not bound to a run."""
+    free_cpu: float = 0.0
+    free_memory: int | None = None
+    """Bytes free; None when unknown (not limited)."""
+    datasets: frozenset[str] = frozenset()
+    """Datasets the node's agent reports present."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    name: str
+    owner: str = ""
+    priority: int = 0
+    submitted: float = 0.0
+    """Any increasing key: earlier jobs go first among equals."""
+    gpus: int = 0
+    cpu: float = 1.0
+    memory: int | None = None
+    selector: Mapping[str, str] = field(default_factory=dict)
+    runtime: str = "venv"
+    tolerations: frozenset[tuple[str, str]] = frozenset()
+    """(key, value) pairs tolerated; value '' tolerates every value of the key."""
+    dataset: str | None = None
+    nodes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    node: str
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    job: str
+    placements: tuple[Placement, ...]
+
+
+@dataclass(slots=True)
+class ScheduleResult:
+    bindings: list[Binding] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)
+    """job name -> why it waits."""
+
+
+@dataclass(slots=True)
+class _Free:
+    gpus: list[int]
+    cpu: float
+    memory: int | None
+
+
+def _tolerates(job: PendingJob, taint: tuple[str, str]) -> bool:
+    key, value = taint
+    return (key, value) in job.tolerations or (key, "") in job.tolerations
+
+
+def _refusal(job: PendingJob, node: NodeView, free: _Free) -> str | None:
+    """Why `node` cannot take one share of `job` now, or None when it can."""
+    if not node.ready:
+        return "not ready"
+    if node.unschedulable:
+        return "unschedulable"
+    if any(node.labels.get(k) != v for k, v in job.selector.items()):
+        return "didn't match the node selector"
+    if any(not _tolerates(job, taint) for taint in node.no_schedule):
+        return "had a taint the job doesn't tolerate"
+    if job.runtime not in node.runtimes:
+        return f"no {job.runtime} runtime"
+    if job.dataset is not None and job.dataset not in node.datasets:
+        return f"lacks dataset {job.dataset}"
+    if len(free.gpus) < job.gpus:
+        return "insufficient GPUs"
+    if free.cpu + 1e-9 < job.cpu:
+        return "insufficient CPU"
+    if job.memory is not None and free.memory is not None and free.memory < job.memory:
+        return "insufficient memory"
+    return None
+
+
+def _message(total: int, reasons: Counter[str], job: PendingJob, fit: int) -> str:
+    parts = ", ".join(f"{count} {reason}" for reason, count in
+                      sorted(reasons.items(), key=lambda item: (-item[1], item[0])))  # fmt: skip
+    if job.nodes > 1:
+        head = f"needs {job.nodes} nodes at once, {fit}/{total} available"
+    else:
+        head = f"0/{total} nodes available"
+    return f"{head}: {parts}" if parts else head
+
+
+def schedule(
+    pending: Iterable[PendingJob],
+    nodes: Sequence[NodeView],
+    *,
+    gpus_in_use: Mapping[str, int] | None = None,
+) -> ScheduleResult:
+    """Bind what can run now; say why the rest waits. Never overcommits a node."""
+    free = {n.name: _Free(sorted(n.free_gpus), n.free_cpu, n.free_memory) for n in nodes}
+    usage = Counter(gpus_in_use or {})
+    result = ScheduleResult()
+    by_priority: dict[int, dict[str, list[PendingJob]]] = {}
+    for job in pending:
+        by_priority.setdefault(job.priority, {}).setdefault(job.owner, []).append(job)
+    for priority in sorted(by_priority, reverse=True):
+        queues = by_priority[priority]
+        for queue in queues.values():
+            queue.sort(key=lambda j: (j.submitted, j.name), reverse=True)  # pop() = earliest
+        # Owners in a heap by (GPUs in use, their next job's submission): fair share.
+        heap = [(usage[o], q[-1].submitted, q[-1].name, o) for o, q in queues.items()]
+        heapq.heapify(heap)
+        while heap:
+            _, _, _, owner = heapq.heappop(heap)
+            job = queues[owner].pop()
+            binding = _place(job, nodes, free, result)
+            if binding is not None:
+                result.bindings.append(binding)
+                usage[owner] += job.gpus * job.nodes
+            if queues[owner]:
+                head = queues[owner][-1]
+                heapq.heappush(heap, (usage[owner], head.submitted, head.name, owner))
+    return result
+
+
+def _place(
+    job: PendingJob, nodes: Sequence[NodeView], free: dict[str, _Free], result: ScheduleResult
+) -> Binding | None:
+    reasons: Counter[str] = Counter()
+    fits: list[tuple[int, str, NodeView]] = []
+    for node in nodes:
+        refusal = _refusal(job, node, free[node.name])
+        if refusal is None:
+            fits.append((len(free[node.name].gpus) - job.gpus, node.name, node))
+        else:
+            reasons[refusal] += 1
+    if len(fits) < job.nodes:
+        result.waiting[job.name] = _message(len(nodes), reasons, job, len(fits))
+        return None
+    fits.sort(key=lambda item: (item[0], item[1]))  # tightest fit first, then by name
+    placements = []
+    for _, name, _node in fits[: job.nodes]:
+        room = free[name]
+        taken, room.gpus = tuple(room.gpus[: job.gpus]), room.gpus[job.gpus :]
+        room.cpu -= job.cpu
+        if job.memory is not None and room.memory is not None:
+            room.memory -= job.memory
+        placements.append(Placement(name, taken))
+    return Binding(job.name, tuple(placements))
