@@ -133,8 +133,9 @@ class Store:
             current = MigrationContext.configure(connection).get_current_revision()
         return current, head
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision (creating it in an empty database)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision`, the newest by default (creating it in an empty
+        database)."""
         from alembic import command
 
         with self._connect() as connection, connection.begin():
@@ -142,7 +143,7 @@ class Store:
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("migrate")}
                 )
-            command.upgrade(self._alembic(connection), "head")
+            command.upgrade(self._alembic(connection), revision)
 
     def check_migrated(self) -> None:
         """Raise `DatabaseError` unless the schema is at the newest revision."""

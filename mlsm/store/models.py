@@ -104,6 +104,14 @@ class Node(StoredObject):
     __tablename__ = "nodes"
     kind: ClassVar[str] = "Node"
 
+    last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    """When the node's agent last reported; Ready while within the grace period."""
+    inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """What the agent reports: cpus, memory, gpus [{index, uuid, name, memory}], free
+    disk, runtimes, agent version, datasets present."""
+    assignment_revision: Mapped[int] = mapped_column(default=0)
+    """Goes up whenever the runs assigned to this node change (long polls wake)."""
+
 
 class Dataset(StoredObject):
     __tablename__ = "datasets"
@@ -119,6 +127,10 @@ class Job(StoredObject):
     owner: Mapped[str] = mapped_column(Text, default="")
     priority: Mapped[int] = mapped_column(default=0)
     observed_generation: Mapped[int] = mapped_column(default=0)
+    restarts: Mapped[int] = mapped_column(default=0)
+    """Runs started after the first (retries and reschedules)."""
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    """A retried job waits until then (exponential backoff)."""
     runs: Mapped[list[Run]] = relationship(back_populates="job", order_by="Run.attempt")
 
 
@@ -144,6 +156,7 @@ class Run(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_report_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(default=1)
     job: Mapped[Job] = relationship(back_populates="runs")
 

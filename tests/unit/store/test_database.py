@@ -11,7 +11,7 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from mlsm.store import Base, DatabaseError, Event, Node, Store
@@ -32,13 +32,32 @@ def node(name: str, **fields: object) -> Node:
 
 def test_an_unmigrated_database_is_refused_with_the_fix(database_url: str) -> None:
     store = Store.open(database_url)
-    with pytest.raises(
-        DatabaseError, match=r"database is empty; this mlsm needs revision 0001\. Run"
-    ):
+    head = store.revisions()[1]
+    with pytest.raises(DatabaseError, match=rf"database is empty; this mlsm needs revision {head}"):
         store.check_migrated()
     store.migrate()
     store.check_migrated()
     store.migrate()  # twice is harmless
+    store.dispose()
+
+
+def test_an_older_database_migrates_with_its_rows(database_url: str) -> None:
+    store = Store.open(database_url)
+    store.migrate("0001")
+    with pytest.raises(DatabaseError, match="the database is at revision 0001; this mlsm needs"):
+        store.check_migrated()
+    with store.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO nodes (uid, name, manifest, spec_hash, generation, labels, source_path,"
+            " source_line, commit_sha, commit_author, commit_message, conditions, created_at,"
+            " updated_at, version) VALUES ('u', 'gpu-1', '{}', 'h', 1, '{}', 'n.yaml', 1, '', '',"
+            " '', '[]', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 1)"
+        ))  # fmt: skip
+    store.migrate()
+    store.check_migrated()
+    with store.read() as session:
+        row = session.scalars(select(Node)).one()
+    assert (row.name, row.inventory, row.assignment_revision) == ("gpu-1", {}, 0)
     store.dispose()
 
 

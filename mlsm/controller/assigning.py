@@ -1,0 +1,154 @@
+"""A scheduling pass: pending jobs and ready nodes from the store, through the pure
+scheduler, into runs bound to nodes and GPU indices, in one write transaction.
+
+A node is Ready while its last heartbeat is within the grace period; what is free
+on it is its reported inventory minus what active runs hold. A job is pending when
+it has a valid spec, is not suspended, and its retry backoff has passed. Waiting
+jobs get `Scheduled=False`, reason `Unschedulable`, and the scheduler's message; the
+condition and its event are written only when the message changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mlsm import planning, schemas
+from mlsm.controller.applying import condition, record, set_condition
+from mlsm.controller.transitions import ACTIVE, set_job_phase
+from mlsm.store import Job, Node, Run
+from mlsm.store.types import utcnow
+
+__all__ = ["AssignOutcome", "assign", "is_ready"]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignOutcome:
+    bound: int
+    waiting: int
+    nodes_touched: frozenset[str]
+
+
+def is_ready(node: Node, now: dt.datetime, grace: dt.timedelta) -> bool:
+    return node.last_heartbeat_at is not None and now - node.last_heartbeat_at <= grace
+
+
+def _job_spec(job: Job) -> schemas.TrainingJob | None:
+    if not job.manifest:
+        return None
+    try:
+        return schemas.TrainingJob.model_validate(job.manifest)
+    except ValueError:  # written by a newer mlsm: not ours to schedule
+        return None
+
+
+def _node_view(
+    node: Node, held: list[tuple[Run, schemas.TrainingJob | None]], ready: bool
+) -> planning.NodeView:
+    spec: dict[str, Any] = node.manifest.get("spec", {})
+    inventory = node.inventory
+    gpus = [int(g["index"]) for g in inventory.get("gpus", [])]
+    used = {int(i) for run, _ in held for i in run.gpus}
+    cpu = float(inventory.get("cpus", 0)) - sum(
+        (j.spec.resources.cpu if j else 0.0) for _, j in held
+    )
+    memory = inventory.get("memory")
+    if memory is not None:
+        memory = int(memory) - sum((j.spec.resources.memory or 0 if j else 0) for _, j in held)
+    runtimes = set(spec.get("runtimes", ["venv", "docker"]))
+    if "runtimes" in inventory:
+        runtimes &= set(inventory["runtimes"])
+    taints = frozenset(
+        (t["key"], t.get("value", ""))
+        for t in spec.get("taints", [])
+        if t.get("effect", "NoSchedule") == "NoSchedule"
+    )
+    return planning.NodeView(
+        name=node.name,
+        ready=ready,
+        unschedulable=bool(spec.get("unschedulable", False)),
+        labels=node.labels,
+        runtimes=frozenset(runtimes),
+        no_schedule=taints,
+        free_gpus=tuple(i for i in gpus if i not in used),
+        free_cpu=max(cpu, 0.0),
+        free_memory=memory,
+        datasets=frozenset(inventory.get("datasets", {})),
+    )
+
+
+def _pending_view(job: Job, spec: schemas.TrainingJob) -> planning.PendingJob:
+    s = spec.spec
+    runtime = "docker" if s.runtime.docker is not None else "venv"
+    tolerations = frozenset(
+        (t.key, "" if t.operator == "Exists" else t.value) for t in s.tolerations
+    )
+    return planning.PendingJob(
+        name=job.name, owner=job.owner, priority=s.priority,
+        submitted=job.created_at.timestamp(), gpus=s.resources.gpus, cpu=s.resources.cpu,
+        memory=s.resources.memory, selector=dict(s.node_selector), runtime=runtime,
+        tolerations=tolerations, dataset=s.dataset, nodes=s.nodes,
+    )  # fmt: skip
+
+
+def assign(
+    session: Session, *, grace: dt.timedelta, now: dt.datetime | None = None
+) -> AssignOutcome:
+    """Bind what can run now. The caller commits (inside the scheduling lock)."""
+    now = now or utcnow()
+    nodes = list(
+        session.scalars(select(Node).where(Node.deleted_at.is_(None), Node.generation > 0))
+    )
+    active = [(row[0], row[1]) for row in
+              session.execute(select(Run, Job).join(Job).where(Run.phase.in_(ACTIVE)))]  # fmt: skip
+    held: dict[str, list[tuple[Run, schemas.TrainingJob | None]]] = {}
+    in_use: Counter[str] = Counter()
+    for run, job in active:
+        spec = _job_spec(job)
+        held.setdefault(run.node or "", []).append((run, spec))
+        in_use[job.owner] += len(run.gpus)
+    views = [_node_view(n, held.get(n.name, []), is_ready(n, now, grace)) for n in nodes]
+    candidates = session.scalars(select(Job).where(
+        Job.deleted_at.is_(None), Job.phase == "Pending", Job.generation > 0,
+    )).all()  # fmt: skip
+    pending: list[tuple[Job, schemas.TrainingJob]] = []
+    for job in candidates:
+        spec = _job_spec(job)
+        if spec is None or spec.spec.suspend:
+            continue
+        if job.next_attempt_at is not None and job.next_attempt_at > now:
+            continue
+        pending.append((job, spec))
+    result = planning.schedule([_pending_view(j, s) for j, s in pending], views,
+                               gpus_in_use=in_use)  # fmt: skip
+    jobs = {job.name: job for job, _ in pending}
+    by_node = {n.name: n for n in nodes}
+    touched: set[str] = set()
+    for binding in result.bindings:
+        job = jobs[binding.job]
+        attempt = len(job.runs) + 1
+        for placement in binding.placements:
+            session.add(Run(id=str(uuid.uuid4()), job=job, attempt=attempt, node=placement.node,
+                            gpus=list(placement.gpus), phase="Scheduled", reason="Scheduled",
+                            created_at=now))  # fmt: skip
+            by_node[placement.node].assignment_revision += 1
+            touched.add(placement.node)
+        where = ", ".join(f"{p.node} (GPUs {list(p.gpus)})" if p.gpus else p.node
+                          for p in binding.placements)  # fmt: skip
+        set_job_phase(session, job, "Scheduled", reason="Scheduled",
+                      message=f"bound to {where}", now=now)  # fmt: skip
+    for name, message in result.waiting.items():
+        job = jobs[name]
+        known = condition(job.conditions, "Scheduled") or {}
+        if known.get("status") == "False" and known.get("message") == message:
+            continue  # nothing new to say: no write
+        job.conditions = set_condition(job.conditions, "Scheduled", False, reason="Unschedulable",
+                                       message=message, now=now)  # fmt: skip
+        record(session, job, "FailedScheduling", message, warning=True, actor="scheduler", now=now)
+    return AssignOutcome(len(result.bindings), len(result.waiting), frozenset(touched))
