@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlsm.controller import writing
+from mlsm.controller.agents import AgentApi, AgentError
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.sources import ManifestSource
 from mlsm.store import OBJECT_MODELS, Event, Job, Run, Store, StoredObject, SyncState, Token
@@ -348,7 +349,12 @@ class _ReadAccess(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         path = request.url.path
-        if path == "/healthz" or path == f"{API_PREFIX}/hooks/git" or _loopback(request):
+        if (
+            path == "/healthz"
+            or path == f"{API_PREFIX}/hooks/git"
+            or path.startswith(f"{API_PREFIX}/agent/")  # node tokens, checked there
+            or _loopback(request)
+        ):
             return await call_next(request)
         token = _bearer(request)
         if not token:
@@ -392,7 +398,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, (ApiError, AgentError))
     return _error(exc.status, exc.message)
 
 
@@ -406,8 +412,10 @@ def create_app(
     on_webhook: Callable[[], None] = lambda: None,
     webhook_secret: str = "",
     source: ManifestSource | None = None,
+    agents: AgentApi | None = None,
 ) -> Starlette:
     api = Api(store, on_webhook, webhook_secret, source)
+    agents = agents or AgentApi(store)
     p = API_PREFIX
     routes = [
         Route("/healthz", api.healthz),
@@ -417,11 +425,14 @@ def create_app(
         Route(f"{p}/hooks/git", api.webhook, methods=["POST"]),
         Route(f"{p}/apply", api.apply, methods=["POST"]),
         Route(f"{p}/delete", api.delete, methods=["POST"]),
+        Route(p + "/agent/nodes/{node}/heartbeat", agents.heartbeat, methods=["POST"]),
+        Route(p + "/agent/nodes/{node}/assignments", agents.assignments),
+        Route(p + "/agent/nodes/{node}/runs/{run}/status", agents.report, methods=["POST"]),
         Route(p + "/{kind}", api.list_objects),
         Route(p + "/{kind}/{name}", api.get_object),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-        ApiError: _api_error, 404: _not_found,
+        ApiError: _api_error, AgentError: _api_error, 404: _not_found,
     }  # fmt: skip
     return Starlette(
         routes=routes,

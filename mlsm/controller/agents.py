@@ -1,0 +1,182 @@
+"""The agent API, `/api/v1/agent/...`: a node's agent heartbeats with its inventory and
+the runs it sees, long-polls for its assignments, and reports run status.
+
+Every request carries the node's bearer token (`mlsm-controller token issue --role
+node --node NAME`); a node reads and writes only its own records (403 otherwise),
+and a node with no merged Node manifest is refused with a message saying so.
+Fencing: a report from a run that is not its job's current run, or that the
+controller has finished, is answered with `stop: true`, so a partitioned node that
+comes back stops its stale copy instead of both counting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mlsm.controller.applying import FINISHED
+from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
+from mlsm.store import Job, Node, Run, Store, Token
+from mlsm.store.types import utcnow
+
+__all__ = ["AgentApi", "AgentError"]
+
+LONG_POLL_SECONDS = 30.0
+REPORTABLE = {"Starting", "Running", "Succeeded", "Failed"}
+
+
+class AgentError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class AgentApi:
+    """Handlers for agents. `changed` is called after anything that may need a
+    scheduling pass (a heartbeat from a new node, a finished run)."""
+
+    def __init__(self, store: Store, *, changed: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.changed = changed
+        self._revision_moved = anyio.Event()
+
+    def assignments_moved(self) -> None:
+        """Wake every long poll (called after a scheduling pass binds runs)."""
+        self._revision_moved.set()
+        self._revision_moved = anyio.Event()
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(function, *args)
+
+    def _node_for(self, session: Session, token: str, name: str) -> Node:
+        from mlsm.controller.api import token_digest
+
+        if not token:
+            raise AgentError(401, "an agent needs its node token: Authorization: Bearer <token>")
+        row = session.scalars(select(Token).where(Token.digest == token_digest(token))).first()
+        if row is None or row.revoked_at is not None or row.role != "node":
+            raise AgentError(401, "invalid or revoked node token")
+        if row.node != name:
+            raise AgentError(403, f"this token is node {row.node}'s; it cannot act for {name}")
+        node = session.scalars(
+            select(Node).where(Node.name == name, Node.deleted_at.is_(None))
+        ).first()
+        if node is None or node.generation == 0:
+            raise AgentError(403, f"node {name} has no merged Node manifest: add nodes/{name}.yaml "
+                                  "to the manifests repository and merge it")  # fmt: skip
+        return node
+
+    async def heartbeat(self, request: Request) -> Response:
+        name, token, body = request.path_params["node"], _bearer(request), await _json(request)
+        return JSONResponse(await self._run(self._heartbeat, name, token, body))
+
+    def _heartbeat(self, name: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+        now = utcnow()
+        with self.store.write() as session:
+            node = self._node_for(session, token, name)
+            first = node.last_heartbeat_at is None
+            node.last_heartbeat_at = now
+            node.inventory = body.get("inventory", {}) or {}
+            seen = {str(r) for r in body.get("runs", [])}
+            stop = self._stale(session, name, seen)
+            revision = node.assignment_revision
+        if first:
+            self.changed()
+        return {"assignmentRevision": revision, "stop": sorted(stop)}
+
+    def _stale(self, session: Session, node: str, seen: set[str]) -> set[str]:
+        """Runs the agent still has that it must stop: finished, lost, or not ours."""
+        if not seen:
+            return set()
+        live = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(seen)))}
+        return {i for i in seen if i not in live or live[i].node != node
+                or live[i].phase not in ACTIVE}  # fmt: skip
+
+    async def assignments(self, request: Request) -> Response:
+        name, token = request.path_params["node"], _bearer(request)
+        try:
+            known = int(request.query_params.get("revision", "-1"))
+            wait = min(float(request.query_params.get("wait", LONG_POLL_SECONDS)), 60.0)
+        except ValueError:
+            raise AgentError(400, "revision and wait must be numbers") from None
+        deadline = anyio.current_time() + wait
+        while True:
+            moved = self._revision_moved
+            answer = await self._run(self._assignments, name, token, known)
+            if answer is not None or anyio.current_time() >= deadline:
+                return JSONResponse(answer or await self._run(self._assignments, name, token, -2))
+            with anyio.move_on_after(min(1.0, deadline - anyio.current_time())):
+                await moved.wait()
+
+    def _assignments(self, name: str, token: str, known: int) -> dict[str, Any] | None:
+        with self.store.read() as session:
+            node = self._node_for(session, token, name)
+            if node.assignment_revision == known:
+                return None
+            rows = session.execute(
+                select(Run, Job).join(Job).where(Run.node == name, Run.phase.in_(ACTIVE))
+            )
+            runs = [
+                {"id": run.id, "job": job.name, "attempt": run.attempt, "gpus": run.gpus,
+                 "phase": run.phase, "generation": job.generation,
+                 "spec": (job.manifest or {}).get("spec", {})}
+                for run, job in rows
+            ]  # fmt: skip
+            return {"assignmentRevision": node.assignment_revision, "runs": runs}
+
+    async def report(self, request: Request) -> Response:
+        name, token, body = request.path_params["node"], _bearer(request), await _json(request)
+        run_id = request.path_params["run"]
+        answer = await self._run(self._report, name, token, run_id, body)
+        if answer.get("finished"):
+            self.changed()
+        return JSONResponse({"stop": answer["stop"]}, status_code=409 if answer["stop"] else 200)
+
+    def _report(self, name: str, token: str, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        phase = body.get("phase")
+        if phase not in REPORTABLE:
+            raise AgentError(400, f"phase must be one of {', '.join(sorted(REPORTABLE))}")
+        now = utcnow()
+        with self.store.write() as session:
+            self._node_for(session, token, name)
+            run = session.get(Run, run_id)
+            if run is None:
+                raise AgentError(404, f"no run {run_id}")
+            if run.node != name:
+                raise AgentError(403, f"run {run_id} is not node {name}'s")
+            job = run.job
+            current = max(job.runs, key=lambda r: (r.attempt, r.created_at)).attempt
+            if run.attempt != current or run.phase not in ACTIVE:
+                return {"stop": True}  # fenced: a stale copy reporting in
+            run.last_report_at = now
+            exit_code = body.get("exitCode")
+            reason, message = str(body.get("reason") or phase), str(body.get("message") or "")
+            set_run_phase(session, run, phase, reason=reason, message=message,
+                          exit_code=exit_code, now=now)  # fmt: skip
+            job_message = message or (f"exit code {exit_code}" if exit_code is not None else "")
+            set_job_phase(session, job, phase, reason=reason,
+                          message=f"run {run.id[:8]} on {name}: {job_message}".rstrip(": "),
+                          now=now)  # fmt: skip
+            return {"stop": False, "finished": phase in FINISHED}
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AgentError(400, "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise AgentError(400, "the body must be a JSON object")
+    return body

@@ -1,0 +1,153 @@
+"""The agent API over the ASGI app on SQLite and PostgreSQL: node tokens, heartbeats,
+long-polled assignments, status reports, and fencing of stale runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from sqlalchemy import select
+
+from mlsm.controller.agents import AgentApi
+from mlsm.controller.api import create_app, token_digest
+from mlsm.controller.assigning import assign
+from mlsm.controller.sources import open_source
+from mlsm.controller.syncing import Syncer
+from mlsm.store import Job, Node, Run, Store, Token
+from tests.integration.conftest import GitRepo
+from tests.integration.test_assigning import manifest_job, manifest_node
+
+INVENTORY = {"cpus": 8, "memory": 32 << 30, "runtimes": ["venv"],
+             "gpus": [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-1"}]}  # fmt: skip
+
+
+@pytest.fixture
+def store(database_url: str, repo: GitRepo, tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(database_url)
+    store.migrate()
+    repo.write("nodes/n1.yaml", manifest_node("n1", "a100"))
+    repo.write("jobs/train.yaml", manifest_job("train", 1))
+    repo.commit()
+    assert Syncer(store, open_source(str(repo.root), state_dir=tmp_path)).sync().ok
+    with store.write() as session:
+        for node, secret in (("n1", "n1-token"), ("ghost", "ghost-token"), ("n2", "n2-token")):
+            session.add(Token(role="node", node=node, digest=token_digest(secret), prefix=node))
+        session.add(Token(role="read", digest=token_digest("reader"), prefix="reader"))
+    yield store
+    store.dispose()
+
+
+def call(store: Store, agents: AgentApi | None, method: str, path: str, token: str | None,
+         **kwargs: Any) -> httpx.Response:  # fmt: skip
+    async def go() -> httpx.Response:
+        app = create_app(store, agents=agents)
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.9", 5000))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            return await client.request(method, f"/api/v1/agent/nodes{path}", headers=headers,
+                                        **kwargs)  # fmt: skip
+
+    return anyio.run(go)
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "status", "fragment"),
+    [
+        pytest.param("/n1/heartbeat", None, 401, "needs its node token", id="missing-token"),
+        pytest.param("/n1/heartbeat", "nope", 401, "invalid or revoked", id="wrong-token"),
+        pytest.param("/n1/heartbeat", "reader", 401, "invalid or revoked", id="read-token"),
+        pytest.param("/n1/heartbeat", "n2-token", 403, "node n2's; it cannot act for n1",
+                     id="another-nodes-token"),
+        pytest.param("/ghost/heartbeat", "ghost-token", 403,
+                     "node ghost has no merged Node manifest: add nodes/ghost.yaml",
+                     id="no-manifest"),
+    ],
+)  # fmt: skip
+def test_refusals(store: Store, path: str, token: str | None, status: int, fragment: str) -> None:
+    response = call(store, None, "POST", path, token, json={"inventory": INVENTORY})
+    assert response.status_code == status
+    assert fragment in response.json()["error"]
+
+
+def test_heartbeat_assignments_reports_and_fencing(store: Store) -> None:
+    beat = call(store, None, "POST", "/n1/heartbeat", "n1-token", json={"inventory": INVENTORY})
+    assert beat.status_code == 200
+    assert beat.json() == {"assignmentRevision": 0, "stop": []}
+    with store.read() as session:
+        node = session.scalars(select(Node).where(Node.name == "n1")).one()
+    assert node.inventory == INVENTORY
+    assert node.last_heartbeat_at is not None
+
+    started = time.monotonic()  # nothing assigned yet: the long poll waits out `wait`
+    idle = call(store, None, "GET", "/n1/assignments", "n1-token",
+                params={"revision": 0, "wait": 0.5})  # fmt: skip
+    assert time.monotonic() - started >= 0.4
+    assert idle.json()["runs"] == []
+
+    with store.write() as session:
+        assert assign(session, grace=dt.timedelta(seconds=20)).bound == 1
+    got = call(store, None, "GET", "/n1/assignments", "n1-token", params={"revision": 0})
+    [run] = got.json()["runs"]
+    assert (got.json()["assignmentRevision"], run["job"], run["gpus"]) == (1, "train", [0])
+    assert run["spec"]["command"] == ["python", "-c", "print(1)"]
+
+    path = f"/n1/runs/{run['id']}/status"
+    assert call(store, None, "POST", path, "n1-token", json={"phase": "Running"}).status_code == 200
+    assert call(store, None, "POST", path, "n2-token", json={"phase": "Failed"}).status_code == 403
+    done = call(store, None, "POST", path, "n1-token", json={"phase": "Succeeded", "exitCode": 0})
+    assert done.json() == {"stop": False}
+    with store.read() as session:
+        job = session.scalars(select(Job).where(Job.name == "train")).one()
+        stored = session.get(Run, run["id"])
+    assert job.phase == "Succeeded"
+    assert stored is not None
+    assert (stored.phase, stored.exit_code) == ("Succeeded", 0)
+    assert stored.started_at is not None
+
+    late = call(store, None, "POST", path, "n1-token", json={"phase": "Running"})
+    assert (late.status_code, late.json()) == (409, {"stop": True})  # fenced
+    stale = call(store, None, "POST", "/n1/heartbeat", "n1-token",
+                 json={"inventory": INVENTORY, "runs": [run["id"], "unknown-run"]})  # fmt: skip
+    assert stale.json()["stop"] == sorted([run["id"], "unknown-run"])
+
+
+def test_a_binding_wakes_a_waiting_long_poll(store: Store) -> None:
+    call(store, None, "POST", "/n1/heartbeat", "n1-token", json={"inventory": INVENTORY})
+
+    async def scenario() -> float:
+        agents = AgentApi(store)
+        app = create_app(store, agents=agents)
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.9", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            result: dict[str, Any] = {}
+
+            async def poll() -> None:
+                response = await client.get(
+                    "/api/v1/agent/nodes/n1/assignments",
+                    params={"revision": 0, "wait": 20},
+                    headers={"Authorization": "Bearer n1-token"},
+                )
+                result["runs"] = response.json()["runs"]
+                result["at"] = time.monotonic()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(poll)
+                await anyio.sleep(0.3)
+                bound_at = time.monotonic()
+
+                def bind() -> None:
+                    with store.write() as session:
+                        assign(session, grace=dt.timedelta(seconds=20))
+
+                await anyio.to_thread.run_sync(bind)
+                agents.assignments_moved()
+            assert len(result["runs"]) == 1
+            return float(result["at"] - bound_at)
+
+    assert anyio.run(scenario) < 1.0
