@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mlsm.controller.applying import FINISHED
+from mlsm.controller.leasing import Leases, finish_failed_run
 from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
 from mlsm.store import Job, Node, Run, Store, Token
 from mlsm.store.types import utcnow
@@ -42,9 +43,16 @@ class AgentApi:
     """Handlers for agents. `changed` is called after anything that may need a
     scheduling pass (a heartbeat from a new node, a finished run)."""
 
-    def __init__(self, store: Store, *, changed: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        changed: Callable[[], None] = lambda: None,
+        leases: Leases | None = None,
+    ) -> None:
         self.store = store
         self.changed = changed
+        self.leases = leases or Leases()
         self._revision_moved = anyio.Event()
 
     def assignments_moved(self) -> None:
@@ -160,10 +168,14 @@ class AgentApi:
             reason, message = str(body.get("reason") or phase), str(body.get("message") or "")
             set_run_phase(session, run, phase, reason=reason, message=message,
                           exit_code=exit_code, now=now)  # fmt: skip
-            job_message = message or (f"exit code {exit_code}" if exit_code is not None else "")
-            set_job_phase(session, job, phase, reason=reason,
-                          message=f"run {run.id[:8]} on {name}: {job_message}".rstrip(": "),
-                          now=now)  # fmt: skip
+            detail = message or (f"exit code {exit_code}" if exit_code is not None else "")
+            if phase == "Failed":
+                finish_failed_run(session, job, run, self.leases, reason=reason,
+                                  message=detail, now=now)  # fmt: skip
+            else:
+                set_job_phase(session, job, phase, reason=reason,
+                              message=f"run {run.id[:8]} on {name}: {detail}".rstrip(": "),
+                              now=now)  # fmt: skip
             return {"stop": False, "finished": phase in FINISHED}
 
 
