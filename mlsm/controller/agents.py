@@ -11,12 +11,14 @@ comes back stops its stale copy instead of both counting.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -83,21 +85,29 @@ class AgentApi:
 
     async def heartbeat(self, request: Request) -> Response:
         name, token, body = request.path_params["node"], _bearer(request), await _json(request)
-        return JSONResponse(await self._run(self._heartbeat, name, token, body))
+        answer, first = await self._run(self._heartbeat, name, token, body)
+        if first:  # a node that just came up: there may be work for it
+            self.changed()
+        return JSONResponse(answer)
 
-    def _heartbeat(self, name: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _heartbeat(
+        self, name: str, token: str, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
         now = utcnow()
         with self.store.write() as session:
             node = self._node_for(session, token, name)
             first = node.last_heartbeat_at is None
-            node.last_heartbeat_at = now
-            node.inventory = body.get("inventory", {}) or {}
+            # A plain UPDATE: these columns are the agent's alone, so a heartbeat never
+            # collides with the scheduler's versioned writes to the same row.
+            session.execute(
+                update(Node).where(Node.id == node.id)
+                .values(last_heartbeat_at=now, inventory=body.get("inventory", {}) or {})
+                .execution_options(synchronize_session=False)
+            )  # fmt: skip
             seen = {str(r) for r in body.get("runs", [])}
             stop = self._stale(session, name, seen)
             revision = node.assignment_revision
-        if first:
-            self.changed()
-        return {"assignmentRevision": revision, "stop": sorted(stop)}
+        return {"assignmentRevision": revision, "stop": sorted(stop)}, first
 
     def _stale(self, session: Session, node: str, seen: set[str]) -> set[str]:
         """Runs the agent still has that it must stop: finished, lost, or not ours."""
@@ -142,10 +152,24 @@ class AgentApi:
     async def report(self, request: Request) -> Response:
         name, token, body = request.path_params["node"], _bearer(request), await _json(request)
         run_id = request.path_params["run"]
-        answer = await self._run(self._report, name, token, run_id, body)
+        answer = await self._run(self._report_retrying, name, token, run_id, body)
         if answer.get("finished"):
             self.changed()
         return JSONResponse({"stop": answer["stop"]}, status_code=409 if answer["stop"] else 200)
+
+    def _report_retrying(
+        self, name: str, token: str, run_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A report races the scheduling pass on the same rows: on a version conflict,
+        read again and reapply (optimistic concurrency), a few times."""
+        for attempt in range(5):
+            try:
+                return self._report(name, token, run_id, body)
+            except StaleDataError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _report(self, name: str, token: str, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
         phase = body.get("phase")

@@ -146,6 +146,22 @@ def run(
         bool,
         typer.Option(" /--no-watch", help="--no-watch: do not watch a local source for changes."),
     ] = True,
+    node_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="MLSM_NODE_GRACE",
+            min=0.1,
+            help="Seconds without heartbeats before a node is NotReady.",
+        ),
+    ] = 20.0,
+    node_lost: Annotated[
+        float,
+        typer.Option(
+            envvar="MLSM_NODE_LOST",
+            min=0.1,
+            help="Seconds without heartbeats before its runs are Lost and retried elsewhere.",
+        ),
+    ] = 300.0,
     version: VersionOption = False,
 ) -> None:
     """Follow the branch, reconcile it into the database, and serve the API."""  # fmt: skip
@@ -154,6 +170,7 @@ def run(
         repo=repo, branch=branch, path=path, database_url=database_url, host=host, port=port,
         poll_interval=poll_interval, webhook_secret=webhook_secret, state_dir=state_dir,
         allow_mass_prune=allow_mass_prune, max_prune_share=max_prune_share, watch=watch,
+        node_grace=node_grace, node_lost=node_lost,
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("alembic", "watchfiles", "httpx"):

@@ -8,6 +8,7 @@ while a sync runs is kept, so the commit it announces is never missed.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,12 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import uvicorn
+from sqlalchemy.orm.exc import StaleDataError
 
+from mlsm.controller.agents import AgentApi
 from mlsm.controller.api import create_app
+from mlsm.controller.assigning import assign
+from mlsm.controller.leasing import Leases, check_leases
 from mlsm.controller.sources import DirectorySource, GitSource, ManifestSource
 from mlsm.controller.syncing import Syncer
 from mlsm.store import Store
@@ -42,6 +47,12 @@ class Settings:
     watch: bool = True
     """Watch a local source (a directory, or a local repository's refs) and sync at
     once on a change, instead of waiting for the next poll."""
+    node_grace: float = 20.0
+    """Seconds without a heartbeat before a node is NotReady."""
+    node_lost: float = 300.0
+    """Seconds without a heartbeat before a node's runs are Lost and retried elsewhere."""
+    schedule_interval: float = 1.0
+    """Seconds between scheduling passes (a sync or an agent report also starts one)."""
 
 
 class Controller:
@@ -56,15 +67,25 @@ class Controller:
             allow_mass_prune=settings.allow_mass_prune,
         )
         self._wake = anyio.Event()
+        self._schedule = anyio.Event()
+        self.leases = Leases(
+            grace=dt.timedelta(seconds=settings.node_grace),
+            lost=dt.timedelta(seconds=settings.node_lost),
+        )
+        self.agents = AgentApi(store, changed=self.request_schedule, leases=self.leases)
         self.app = create_app(
             store,
             on_webhook=self.request_sync,
             webhook_secret=settings.webhook_secret,
             source=source,
+            agents=self.agents,
         )
 
     def request_sync(self) -> None:
         self._wake.set()
+
+    def request_schedule(self) -> None:
+        self._schedule.set()
 
     async def run(self, *, ready: anyio.Event | None = None) -> None:
         config = uvicorn.Config(
@@ -77,6 +98,7 @@ class Controller:
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._sync_loop)
+            tasks.start_soon(self._schedule_loop)
             watched = self._watched()
             if watched is not None:
                 tasks.start_soon(self._watch, watched)
@@ -94,11 +116,44 @@ class Controller:
         while True:
             self._wake = anyio.Event()
             try:
-                await anyio.to_thread.run_sync(self.syncer.sync)
+                outcome = await anyio.to_thread.run_sync(self.syncer.sync)
+                if outcome.changed:
+                    self.request_schedule()
             except Exception:  # a bug or a database outage: log it, keep the loop alive
                 log.exception("sync crashed; retrying after the poll interval")
             with anyio.move_on_after(self.settings.poll_interval):
                 await self._wake.wait()
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            self._schedule = anyio.Event()
+            try:
+                moved = await anyio.to_thread.run_sync(self._schedule_pass)
+                if moved is None:  # lost a race with an agent report: again at once
+                    self.request_schedule()
+                elif moved:
+                    self.agents.assignments_moved()
+            except Exception:
+                log.exception("scheduling pass crashed; retrying")
+            with anyio.move_on_after(self.settings.schedule_interval):
+                await self._schedule.wait()
+
+    def _schedule_pass(self) -> bool | None:
+        """Leases then bindings, in one transaction (a worker thread: no anyio here).
+        True when agents should look at their assignments; None to run again."""
+        try:
+            with self.store.write("schedule") as session:
+                changed = check_leases(session, self.leases)
+                outcome = assign(session, grace=self.leases.grace)
+        except StaleDataError:  # an agent report changed a row under us
+            return None
+        if outcome.bound:
+            log.info(
+                "scheduled %d job(s) onto %s",
+                outcome.bound,
+                ", ".join(sorted(outcome.nodes_touched)),
+            )
+        return changed or outcome.bound > 0
 
     def _watched(self) -> Path | None:
         if not self.settings.watch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,9 +58,10 @@ def test_get_and_describe_show_what_the_controller_holds(
     assert page.returncode == 0, page.stderr
     for fragment in ("Name:         train", "Phase:        Pending", "Generation:   2",
                      "Source:       jobs/train.yaml:1", f"Commit:       {sha[:10]} Train longer",
-                     "Author:       Ada <ada@lab.org>", "Valid   True", "print(2)",
+                     "Author:       Ada <ada@lab.org>", "Unschedulable", "print(2)",
                      "Created", "Updated", "generation 2 from"):  # fmt: skip
         assert fragment in page.stdout, fragment
+    assert re.search(r"Valid\s+True", page.stdout)
 
     missing = mlsmctl(client, "describe", "job", "nope")
     assert missing.returncode == 1

@@ -1,0 +1,92 @@
+"""The controller process with a simulated agent over loopback: a merged job is bound
+to the agent's node and reaches it through the long poll; a finished run frees the
+GPU for a waiting job; a silent node's run is lost and rebound to another node."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.integration.conftest import GitRepo, wait_for
+from tests.integration.test_assigning import manifest_job, manifest_node
+
+INVENTORY = {"cpus": 8, "memory": 32 << 30, "runtimes": ["venv"], "gpus": [{"index": 0}]}
+
+
+def issue(database_url: str, node: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "mlsm.controller", "token", "issue", "--role", "node",
+         "--node", node, "--database-url", database_url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+class Agent:
+    def __init__(self, client: httpx.Client, node: str, token: str) -> None:
+        self.client, self.node = client, node
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.revision = -1
+
+    def beat(self, runs: list[str] | None = None) -> dict[str, Any]:
+        response = self.client.post(f"/api/v1/agent/nodes/{self.node}/heartbeat",
+                                    json={"inventory": INVENTORY, "runs": runs or []},
+                                    headers=self.headers)  # fmt: skip
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def assignments(self, wait: float = 10) -> list[dict[str, Any]]:
+        response = self.client.get(f"/api/v1/agent/nodes/{self.node}/assignments",
+                                   params={"revision": self.revision, "wait": wait},
+                                   headers=self.headers, timeout=wait + 5)  # fmt: skip
+        body = response.json()
+        self.revision = body["assignmentRevision"]
+        return list(body["runs"])
+
+    def report(self, run: str, phase: str, **extra: Any) -> httpx.Response:
+        return self.client.post(f"/api/v1/agent/nodes/{self.node}/runs/{run}/status",
+                                json={"phase": phase, **extra}, headers=self.headers)  # fmt: skip
+
+
+def test_jobs_reach_agents_run_in_turn_and_move_off_a_lost_node(
+    start: Callable[..., httpx.Client], repo: GitRepo, database_url: str
+) -> None:
+    repo.write("nodes/n1.yaml", manifest_node("n1", "a100"))
+    repo.write("nodes/n2.yaml", manifest_node("n2", "a100"))
+    repo.commit()
+    client = start(str(repo.root), "--poll-interval", "600", "--node-grace", "1",
+                   "--node-lost", "2")  # fmt: skip
+    wait_for(lambda: client.get("/api/v1/nodes/n1").status_code == 200)
+    n1 = Agent(client, "n1", issue(database_url, "n1"))
+    n1.beat()
+    assert n1.assignments(wait=0.2) == []
+
+    repo.write("jobs/first.yaml", manifest_job("first", 1))
+    repo.write("jobs/second.yaml", manifest_job("second", 1))
+    repo.commit("Two one-GPU jobs")  # the watch syncs; the scheduler binds one
+    started = time.monotonic()
+    [run] = n1.assignments()
+    assert time.monotonic() - started < 5
+    second = "second" if run["job"] == "first" else "first"
+    waiting = client.get(f"/api/v1/jobs/{second}").json()
+    assert "0/2 nodes available" in waiting["status"]["conditions"][-1]["message"]
+
+    assert n1.report(run["id"], "Running").status_code == 200
+    assert n1.report(run["id"], "Succeeded", exitCode=0).status_code == 200
+    [next_run] = wait_for(lambda: n1.assignments(wait=5) or None)
+    assert next_run["job"] == second
+    assert client.get(f"/api/v1/jobs/{run['job']}").json()["status"]["phase"] == "Succeeded"
+
+    n2 = Agent(client, "n2", issue(database_url, "n2"))
+    n2.beat()
+    # n1 has been silent since its first heartbeat: lost after 2 s, retried on n2
+    [moved] = wait_for(lambda: (n2.beat() and n2.assignments(wait=1)) or None, timeout=20)
+    assert moved["job"] == second
+    assert moved["attempt"] == 2
+    assert n1.beat(runs=[next_run["id"]])["stop"] == [next_run["id"]]  # back: told to stop
+    assert n1.report(next_run["id"], "Running").status_code == 409
