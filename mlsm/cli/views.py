@@ -31,6 +31,13 @@ def _valid(obj: dict[str, Any]) -> str:
     return "-"
 
 
+def _condition(obj: dict[str, Any], kind: str) -> str:
+    for condition in obj["status"].get("conditions", []):
+        if condition.get("type") == kind:
+            return "yes" if condition.get("status") == "True" else "no"
+    return "unknown"
+
+
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
     """The spec with its defaults filled in (the store keeps what was written)."""
     spec = obj.get("spec")
@@ -49,7 +56,9 @@ Column = tuple[str, Callable[[dict[str, Any]], object]]
 
 COLUMNS: dict[str, list[Column]] = {
     "Node": [
-        ("GPUS", lambda o: _spec(o).get("capacity", {}).get("gpus", "-")),
+        ("READY", lambda o: _condition(o, "Ready")),
+        ("HEARTBEAT", lambda o: age(o["status"].get("lastHeartbeatAt"))),
+        ("GPUS", lambda o: f"{o['status'].get('gpusUsed', 0)}/{o['status'].get('gpus', 0)}"),
         ("RUNTIMES", lambda o: ",".join(_spec(o).get("runtimes", [])) or "-"),
         ("SCHEDULABLE", lambda o: "no" if _spec(o).get("unschedulable") else "yes"),
     ],
@@ -60,6 +69,8 @@ COLUMNS: dict[str, list[Column]] = {
     "TrainingJob": [
         ("OWNER", lambda o: o["metadata"].get("owner") or "-"),
         ("PHASE", lambda o: o["status"].get("phase", "-")),
+        ("NODE", lambda o: o["status"].get("node") or "-"),
+        ("RESTARTS", lambda o: o["status"].get("restarts", 0)),
         ("GPUS", lambda o: _spec(o).get("resources", {}).get("gpus", 0)),
         ("PRIORITY", lambda o: _spec(o).get("priority", 0)),
     ],

@@ -29,7 +29,8 @@ from mlsm.controller import writing
 from mlsm.controller.agents import AgentApi, AgentError
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.sources import ManifestSource
-from mlsm.store import OBJECT_MODELS, Event, Job, Run, Store, StoredObject, SyncState, Token
+from mlsm.controller.transitions import ACTIVE
+from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState, Token
 
 __all__ = ["API_PREFIX", "ApiError", "create_app", "object_json", "token_digest"]
 
@@ -58,7 +59,12 @@ def _time(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def object_json(row: StoredObject, *, events: list[Event] | None = None) -> dict[str, Any]:
+def object_json(
+    row: StoredObject,
+    *,
+    events: list[Event] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     manifest = row.manifest or {}
     metadata = dict(manifest.get("metadata", {"name": row.name}))
     metadata.update(
@@ -74,7 +80,15 @@ def object_json(row: StoredObject, *, events: list[Event] | None = None) -> dict
     )  # fmt: skip
     status: dict[str, Any] = {"conditions": row.conditions}
     if isinstance(row, Job):
-        status.update(phase=row.phase, observedGeneration=row.observed_generation)
+        status.update(phase=row.phase, observedGeneration=row.observed_generation,
+                      restarts=row.restarts)  # fmt: skip
+    if isinstance(row, Node):
+        capacity = (manifest.get("spec") or {}).get("capacity", {}).get("gpus")
+        reported = row.inventory.get("gpus")
+        status.update(lastHeartbeatAt=_time(row.last_heartbeat_at),
+                      gpus=len(reported) if reported is not None else capacity or 0,
+                      agentVersion=row.inventory.get("agentVersion"))  # fmt: skip
+    status.update(extra or {})
     out = {
         "apiVersion": manifest.get("apiVersion", "mlsm/v1"),
         "kind": row.kind,
@@ -114,6 +128,21 @@ def sync_json(state: SyncState) -> dict[str, Any]:
         "lastAttemptAt": _time(state.last_attempt_at),
         "lastSuccessAt": _time(state.last_success_at),
     }  # fmt: skip
+
+
+def _usage(session: Any, kind: str) -> dict[str, dict[str, Any]]:
+    """What active runs hold: GPUs in use per node, and each job's current node."""
+    if kind not in ("Node", "TrainingJob"):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    query = select(Run.node, Run.gpus, Job.name).join(Job).where(Run.phase.in_(ACTIVE))
+    for node, gpus, job in session.execute(query):
+        if kind == "Node" and node:
+            entry = out.setdefault(node, {"gpusUsed": 0})
+            entry["gpusUsed"] += len(gpus)
+        elif kind == "TrainingJob":
+            out[job] = {"node": node}
+    return out
 
 
 def _int(request: Request, name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
@@ -200,7 +229,9 @@ class Api:
         query, limit = _page(query, model, request)
         with self.store.read() as session:
             rows = list(session.scalars(query))
-        return _paged([object_json(r) for r in rows], limit, [r.id for r in rows])
+            extras = _usage(session, kind)
+        items = [object_json(r, extra=extras.get(r.name)) for r in rows]
+        return _paged(items, limit, [r.id for r in rows])
 
     async def get_object(self, request: Request) -> Response:
         kind = self._kind(request.path_params["kind"])
@@ -220,7 +251,7 @@ class Api:
                 select(Event).where(Event.kind == kind, Event.name == name)
                 .order_by(Event.id.desc()).limit(20)
             ))  # fmt: skip
-            out = object_json(row, events=events[::-1])
+            out = object_json(row, events=events[::-1], extra=_usage(session, kind).get(name))
             if isinstance(row, Job):
                 out["runs"] = [run_json(r, row.name) for r in row.runs]
         return out

@@ -77,6 +77,9 @@ def test_jobs_reach_agents_run_in_turn_and_move_off_a_lost_node(
     assert "0/2 nodes available" in waiting["status"]["conditions"][-1]["message"]
 
     assert n1.report(run["id"], "Running").status_code == 200
+    node = client.get("/api/v1/nodes/n1").json()["status"]
+    assert (node["gpus"], node["gpusUsed"]) == (1, 1)
+    assert client.get(f"/api/v1/jobs/{run['job']}").json()["status"]["node"] == "n1"
     assert n1.report(run["id"], "Succeeded", exitCode=0).status_code == 200
     [next_run] = wait_for(lambda: n1.assignments(wait=5) or None)
     assert next_run["job"] == second

@@ -43,7 +43,9 @@ def test_get_and_describe_show_what_the_controller_holds(
     table = mlsmctl(client, "get", "jobs")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "OWNER", "PHASE", "GPUS", "PRIORITY", "VALID", "AGE"]
+    assert lines[0].split() == [
+        "NAME", "OWNER", "PHASE", "NODE", "RESTARTS", "GPUS", "PRIORITY", "VALID", "AGE"
+    ]  # fmt: skip
     assert [line.split()[:3] for line in lines[1:]] == [["other", "ada", "Pending"],
                                                         ["train", "ada", "Pending"]]  # fmt: skip
     wide = mlsmctl(client, "get", "no", "-o", "wide", "-l", "gpu=a100").stdout
