@@ -50,6 +50,8 @@ bench: $(STAMP) system
 	$(BIN)/python bench/validate_manifests.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/scheduling.py
+	$(BIN)/python bench/heartbeats.py
 
 run: $(STAMP)
 	@echo "mlsmctl up (a whole installation on this machine) is not built yet: issue 8."
