@@ -20,10 +20,10 @@ import anyio.to_thread
 from sqlalchemy import Select, select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlsm.controller import writing
 from mlsm.controller.agents import AgentApi, AgentError
@@ -371,14 +371,21 @@ def _webhook_signed(request: Request, body: bytes, secret: str) -> bool:
     return False
 
 
-class _ReadAccess(BaseHTTPMiddleware):
-    """Reads need no token from loopback; from elsewhere a read or admin token."""
+class _ReadAccess:
+    """Reads need no token from loopback; from elsewhere a read or admin token.
 
-    def __init__(self, app: Any, store: Store) -> None:
-        super().__init__(app)
+    A plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a
+    stream per request, which the agents' heartbeats feel)."""
+
+    def __init__(self, app: ASGIApp, store: Store) -> None:
+        self.app = app
         self.store = store
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         path = request.url.path
         if (
             path == "/healthz"
@@ -386,18 +393,21 @@ class _ReadAccess(BaseHTTPMiddleware):
             or path.startswith(f"{API_PREFIX}/agent/")  # node tokens, checked there
             or _loopback(request)
         ):
-            return await call_next(request)
+            await self.app(scope, receive, send)
+            return
         token = _bearer(request)
         if not token:
-            return _error(401, "a token is needed from outside this machine: "
-                               "Authorization: Bearer <read token>")  # fmt: skip
-        role = await anyio.to_thread.run_sync(self._role, token)
-        if role not in ("read", "admin"):
-            return _error(401, "invalid or revoked token")
-        return await call_next(request)
-
-    def _role(self, token: str) -> str | None:
-        return _token_role(self.store, token)
+            response = _error(401, "a token is needed from outside this machine: "
+                                   "Authorization: Bearer <read token>")  # fmt: skip
+        elif await anyio.to_thread.run_sync(_token_role, self.store, token) not in (
+            "read",
+            "admin",
+        ):
+            response = _error(401, "invalid or revoked token")
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
 
 def _token_role(store: Store, token: str) -> str | None:
