@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlsm.controller.api import token_digest  # noqa: E402
+from mlsm.controller.tokens import token_digest  # noqa: E402
 from mlsm.store import Store, Token  # noqa: E402
 from tests import postgres  # noqa: E402
 

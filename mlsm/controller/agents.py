@@ -24,8 +24,9 @@ from starlette.responses import JSONResponse, Response
 
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.leasing import Leases, finish_failed_run
+from mlsm.controller.tokens import bearer, live_token
 from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
-from mlsm.store import Job, Node, Run, Store, Token
+from mlsm.store import Job, Node, Run, Store
 from mlsm.store.types import utcnow
 
 __all__ = ["AgentApi", "AgentError"]
@@ -66,12 +67,10 @@ class AgentApi:
         return await anyio.to_thread.run_sync(function, *args)
 
     def _node_for(self, session: Session, token: str, name: str) -> Node:
-        from mlsm.controller.api import token_digest
-
         if not token:
             raise AgentError(401, "an agent needs its node token: Authorization: Bearer <token>")
-        row = session.scalars(select(Token).where(Token.digest == token_digest(token))).first()
-        if row is None or row.revoked_at is not None or row.role != "node":
+        row = live_token(session, token)
+        if row is None or row.role != "node":
             raise AgentError(401, "invalid or revoked node token")
         if row.node != name:
             raise AgentError(403, f"this token is node {row.node}'s; it cannot act for {name}")
@@ -84,7 +83,7 @@ class AgentApi:
         return node
 
     async def heartbeat(self, request: Request) -> Response:
-        name, token, body = request.path_params["node"], _bearer(request), await _json(request)
+        name, token, body = request.path_params["node"], bearer(request), await _json(request)
         answer, first = await self._run(self._heartbeat, name, token, body)
         if first:  # a node that just came up: there may be work for it
             self.changed()
@@ -118,7 +117,7 @@ class AgentApi:
                 or live[i].phase not in ACTIVE}  # fmt: skip
 
     async def assignments(self, request: Request) -> Response:
-        name, token = request.path_params["node"], _bearer(request)
+        name, token = request.path_params["node"], bearer(request)
         try:
             known = int(request.query_params.get("revision", "-1"))
             wait = min(float(request.query_params.get("wait", LONG_POLL_SECONDS)), 60.0)
@@ -150,7 +149,7 @@ class AgentApi:
             return {"assignmentRevision": node.assignment_revision, "runs": runs}
 
     async def report(self, request: Request) -> Response:
-        name, token, body = request.path_params["node"], _bearer(request), await _json(request)
+        name, token, body = request.path_params["node"], bearer(request), await _json(request)
         run_id = request.path_params["run"]
         answer = await self._run(self._report_retrying, name, token, run_id, body)
         if answer.get("finished"):
@@ -201,11 +200,6 @@ class AgentApi:
                               message=f"run {run.id[:8]} on {name}: {detail}".rstrip(": "),
                               now=now)  # fmt: skip
             return {"stop": False, "finished": phase in FINISHED}
-
-
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
 
 
 async def _json(request: Request) -> dict[str, Any]:

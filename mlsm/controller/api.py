@@ -29,10 +29,11 @@ from mlsm.controller import writing
 from mlsm.controller.agents import AgentApi, AgentError
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.sources import ManifestSource
+from mlsm.controller.tokens import bearer, token_role
 from mlsm.controller.transitions import ACTIVE
-from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState, Token
+from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState
 
-__all__ = ["API_PREFIX", "ApiError", "create_app", "object_json", "token_digest"]
+__all__ = ["API_PREFIX", "ApiError", "create_app", "object_json"]
 
 API_PREFIX = "/api/v1"
 KINDS = {
@@ -49,10 +50,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _time(value: Any) -> str | None:
@@ -316,8 +313,8 @@ class Api:
 
     async def _write(self, request: Request, *, delete: bool) -> Response:
         """Write manifests into the local source as a commit by the caller (admin token)."""
-        token = _bearer(request)
-        role = await self.call(_token_role, self.store, token) if token else None
+        token = bearer(request)
+        role = await self.call(token_role, self.store, token) if token else None
         if role is None:
             raise ApiError(401, "apply and delete need an admin token: --token or MLSM_TOKEN "
                                 "(mlsm-controller token issue --role admin)")  # fmt: skip
@@ -395,11 +392,11 @@ class _ReadAccess:
         ):
             await self.app(scope, receive, send)
             return
-        token = _bearer(request)
+        token = bearer(request)
         if not token:
             response = _error(401, "a token is needed from outside this machine: "
                                    "Authorization: Bearer <read token>")  # fmt: skip
-        elif await anyio.to_thread.run_sync(_token_role, self.store, token) not in (
+        elif await anyio.to_thread.run_sync(token_role, self.store, token) not in (
             "read",
             "admin",
         ):
@@ -408,22 +405,6 @@ class _ReadAccess:
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)
-
-
-def _token_role(store: Store, token: str) -> str | None:
-    """The role of a live token, or None. Looked up by digest, then compared in
-    constant time."""
-    digest = token_digest(token)
-    with store.read() as session:
-        row = session.scalars(select(Token).where(Token.digest == digest)).first()
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.digest, digest):
-        return None
-    return row.role
-
-
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
 
 
 def _loopback(request: Request) -> bool:

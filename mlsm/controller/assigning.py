@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from mlsm import planning, schemas
 from mlsm.controller.applying import condition, record, set_condition
-from mlsm.controller.transitions import ACTIVE, set_job_phase
+from mlsm.controller.transitions import ACTIVE, job_spec, set_job_phase
 from mlsm.store import Job, Node, Run
 from mlsm.store.types import utcnow
 
@@ -37,15 +37,6 @@ class AssignOutcome:
 
 def is_ready(node: Node, now: dt.datetime, grace: dt.timedelta) -> bool:
     return node.last_heartbeat_at is not None and now - node.last_heartbeat_at <= grace
-
-
-def _job_spec(job: Job) -> schemas.TrainingJob | None:
-    if not job.manifest:
-        return None
-    try:
-        return schemas.TrainingJob.model_validate(job.manifest)
-    except ValueError:  # written by a newer mlsm: not ours to schedule
-        return None
 
 
 def _node_view(
@@ -110,7 +101,7 @@ def assign(
     held: dict[str, list[tuple[Run, schemas.TrainingJob | None]]] = {}
     in_use: Counter[str] = Counter()
     for run, job in active:
-        spec = _job_spec(job)
+        spec = job_spec(job)
         held.setdefault(run.node or "", []).append((run, spec))
         in_use[job.owner] += len(run.gpus)
     views = [_node_view(n, held.get(n.name, []), is_ready(n, now, grace)) for n in nodes]
@@ -119,7 +110,7 @@ def assign(
     )).all()  # fmt: skip
     pending: list[tuple[Job, schemas.TrainingJob]] = []
     for job in candidates:
-        spec = _job_spec(job)
+        spec = job_spec(job)
         if spec is None or spec.spec.suspend:
             continue
         if job.next_attempt_at is not None and job.next_attempt_at > now:

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mlsm import schemas
 from mlsm.controller.applying import condition, record, set_condition
-from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
+from mlsm.controller.transitions import ACTIVE, job_spec, set_job_phase, set_run_phase
 from mlsm.store import Job, Node, Run
 from mlsm.store.types import utcnow
 
@@ -36,13 +35,6 @@ class Leases:
     backoff_max: dt.timedelta = dt.timedelta(minutes=10)
 
 
-def _spec(job: Job) -> schemas.TrainingJob | None:
-    try:
-        return schemas.TrainingJob.model_validate(job.manifest) if job.manifest else None
-    except ValueError:
-        return None
-
-
 def finish_failed_run(
     session: Session,
     job: Job,
@@ -54,7 +46,7 @@ def finish_failed_run(
     now: dt.datetime,
 ) -> None:
     """After a run failed: retry the job (with backoff) while it has retries left."""
-    spec = _spec(job)
+    spec = job_spec(job)
     retries = spec.spec.retries if spec else 0
     if job.restarts < retries:
         delay = min(leases.backoff * (2**job.restarts), leases.backoff_max)
@@ -132,7 +124,7 @@ def check_leases(session: Session, leases: Leases, now: dt.datetime | None = Non
                 )
                 changed = True
     for run, job in session.execute(select(Run, Job).join(Job).where(Run.phase.in_(ACTIVE))):
-        spec = _spec(job)
+        spec = job_spec(job)
         if spec is None:
             continue
         limit = spec.spec.max_duration

@@ -12,11 +12,12 @@ import datetime as dt
 
 from sqlalchemy.orm import Session
 
+from mlsm import schemas
 from mlsm.controller.applying import FINISHED, record, set_condition
 from mlsm.store import Job, Run
 from mlsm.store.types import utcnow
 
-__all__ = ["ACTIVE", "JOB_MOVES", "set_job_phase", "set_run_phase"]
+__all__ = ["ACTIVE", "JOB_MOVES", "job_spec", "set_job_phase", "set_run_phase"]
 
 ACTIVE = frozenset({"Scheduled", "Starting", "Running"})
 """Run phases that hold their node's GPUs."""
@@ -30,6 +31,17 @@ JOB_MOVES: dict[str, frozenset[str]] = {
     "Failed": frozenset(),
     "Cancelled": frozenset(),
 }
+
+
+def job_spec(job: Job) -> schemas.TrainingJob | None:
+    """The job's stored manifest as a model (defaults filled in), or None when it never
+    had a valid one or a newer mlsm wrote it."""
+    if not job.manifest:
+        return None
+    try:
+        return schemas.TrainingJob.model_validate(job.manifest)
+    except ValueError:
+        return None
 
 
 def set_job_phase(

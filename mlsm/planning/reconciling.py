@@ -141,8 +141,7 @@ class Relocate:
 class Invalidate:
     stored: Stored
     error: str
-    path: str
-    line: int
+    """The errors, each located as 'path:line:col: message'."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +275,7 @@ def plan_sync(
             error = f"{have.path} has errors, so this object keeps its last valid spec: "
             error += desired.broken_files[have.path]
             if have.valid or have.error != error:
-                plan.actions.append(Invalidate(have, error, have.path, have.line))
+                plan.actions.append(Invalidate(have, error))
             continue
         plan.actions.append(Prune(have, cancel=not have.finished))
     plan.held = _held(
@@ -290,7 +289,7 @@ def _plan_object(want: Desired, have: Stored | None) -> Action | None:
         return Create(want)
     if want.manifest is None:  # invalid at this commit: the stored spec stays
         if have.valid or have.error != want.error:
-            return Invalidate(have, want.error, want.path, want.line)
+            return Invalidate(have, want.error)
         return None
     if want.hash != have.hash:
         return Update(want, have)

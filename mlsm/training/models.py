@@ -10,7 +10,7 @@ from typing import Any
 
 from mlsm.errors import UserError
 
-__all__ = ["BUILTIN", "Preprocessing", "load_model", "save_preprocessing"]
+__all__ = ["BUILTIN", "Preprocessing", "load_model", "preprocessing_of", "save_preprocessing"]
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "vit-tiny": {
@@ -62,7 +62,7 @@ class Preprocessing:
         }
 
 
-def _preprocessing(folder: Path | None, image_size: int) -> Preprocessing:
+def preprocessing_of(folder: Path | None, image_size: int) -> Preprocessing:
     config = folder / "preprocessor_config.json" if folder is not None else None
     if config is not None and config.is_file():
         data = json.loads(config.read_text())
@@ -101,7 +101,7 @@ def load_model(name: str, classes: list[str], *, pretrained: bool) -> tuple[Any,
             )
         config = ViTConfig(**preset, **labels)
         model = AutoModelForImageClassification.from_config(config)
-        return model, _preprocessing(None, preset["image_size"])
+        return model, preprocessing_of(None, preset["image_size"])
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise UserError(
@@ -116,7 +116,7 @@ def load_model(name: str, classes: list[str], *, pretrained: bool) -> tuple[Any,
         config = AutoConfig.from_pretrained(folder, **labels)
         model = AutoModelForImageClassification.from_config(config)
     image_size = int(getattr(model.config, "image_size", 224))
-    return model, _preprocessing(folder, image_size)
+    return model, preprocessing_of(folder, image_size)
 
 
 def save_preprocessing(folder: Path, preprocessing: Preprocessing) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from mlsm.errors import UserError
 from mlsm.training.data import decode
-from mlsm.training.models import _preprocessing
+from mlsm.training.models import preprocessing_of
 
 __all__ = ["predict"]
 
@@ -25,7 +25,7 @@ def predict(model_dir: str, images: list[str], *, top_k: int = 3) -> list[list[t
             "folder such as <output>/checkpoints/best"
         )
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
-    prep = _preprocessing(folder, int(getattr(model.config, "image_size", 224)))
+    prep = preprocessing_of(folder, int(getattr(model.config, "image_size", 224)))
     out: list[list[tuple[str, float]]] = []
     for image in images:
         try:

@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from mlsm.controller.agents import AgentApi
-from mlsm.controller.api import create_app, token_digest
+from mlsm.controller.api import create_app
 from mlsm.controller.assigning import assign
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
+from mlsm.controller.tokens import token_digest
 from mlsm.store import Job, Node, Run, Store, Token
 from tests.integration.conftest import GitRepo
 from tests.integration.test_assigning import manifest_job, manifest_node

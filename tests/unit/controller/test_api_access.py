@@ -9,7 +9,8 @@ import anyio
 import httpx
 import pytest
 
-from mlsm.controller.api import create_app, token_digest
+from mlsm.controller.api import create_app
+from mlsm.controller.tokens import token_digest
 from mlsm.store import Store, Token
 from mlsm.store.types import utcnow
 

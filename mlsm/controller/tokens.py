@@ -1,0 +1,42 @@
+"""API tokens: only a sha256 digest is stored; a request's bearer token is looked up
+by its digest and compared in constant time. Used by the read API, the admin
+writes, the agent API and `mlsm-controller token`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+
+from mlsm.store import Store, Token
+
+__all__ = ["bearer", "live_token", "token_digest", "token_role"]
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer(request: Request) -> str:
+    """The request's `Authorization: Bearer` token, or ''."""
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+
+
+def live_token(session: Session, token: str) -> Token | None:
+    """The token's row when it exists and is not revoked."""
+    digest = token_digest(token)
+    row = session.scalars(select(Token).where(Token.digest == digest)).first()
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.digest, digest):
+        return None
+    return row
+
+
+def token_role(store: Store, token: str) -> str | None:
+    """The role of a live token, or None."""
+    with store.read() as session:
+        row = live_token(session, token)
+        return row.role if row is not None else None
