@@ -26,7 +26,7 @@ from mlsm.controller.applying import FINISHED
 from mlsm.controller.leasing import Leases, finish_failed_run
 from mlsm.controller.tokens import bearer, live_token
 from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
-from mlsm.store import Job, Node, Run, Store
+from mlsm.store import Dataset, Job, Node, Run, Store
 from mlsm.store.types import utcnow
 
 __all__ = ["AgentApi", "AgentError"]
@@ -57,6 +57,30 @@ class AgentApi:
         self.changed = changed
         self.leases = leases or Leases()
         self._revision_moved = anyio.Event()
+        self._catalog: dict[str, dict[str, dict[str, str]]] | None = None
+        self._catalog_generation = 0
+
+    def catalog_changed(self) -> None:
+        """Datasets may have moved (called after a sync that changed objects)."""
+        self._catalog_generation += 1
+        self._catalog = None
+
+    def _datasets_on(self, session: Session, node: str) -> dict[str, dict[str, str]]:
+        """Name → {path, format} of each Dataset the catalog places on `node`."""
+        catalog, generation = self._catalog, self._catalog_generation
+        if catalog is None:
+            catalog = {}
+            for row in session.scalars(
+                select(Dataset).where(Dataset.deleted_at.is_(None), Dataset.generation > 0)
+            ):
+                spec = (row.manifest or {}).get("spec", {})
+                for location in spec.get("locations", []):
+                    where = {"path": str(location.get("path", "")),
+                             "format": str(spec.get("format", ""))}  # fmt: skip
+                    catalog.setdefault(str(location.get("node")), {})[row.name] = where
+            if generation == self._catalog_generation:  # not invalidated meanwhile
+                self._catalog = catalog
+        return catalog.get(node, {})
 
     def assignments_moved(self) -> None:
         """Wake every long poll (called after a scheduling pass binds runs)."""
@@ -106,7 +130,8 @@ class AgentApi:
             seen = {str(r) for r in body.get("runs", [])}
             stop = self._stale(session, name, seen)
             revision = node.assignment_revision
-        return {"assignmentRevision": revision, "stop": sorted(stop)}, first
+            datasets = self._datasets_on(session, name)
+        return {"assignmentRevision": revision, "stop": sorted(stop), "datasets": datasets}, first
 
     def _stale(self, session: Session, node: str, seen: set[str]) -> set[str]:
         """Runs the agent still has that it must stop: finished, lost, or not ours."""
@@ -129,6 +154,8 @@ class AgentApi:
             answer = await self._run(self._assignments, name, token, known)
             if answer is not None or anyio.current_time() >= deadline:
                 return JSONResponse(answer or await self._run(self._assignments, name, token, -2))
+            if await request.is_disconnected():  # the agent went away: stop polling for it
+                return Response(status_code=204)
             with anyio.move_on_after(min(1.0, deadline - anyio.current_time())):
                 await moved.wait()
 
@@ -140,12 +167,16 @@ class AgentApi:
             rows = session.execute(
                 select(Run, Job).join(Job).where(Run.node == name, Run.phase.in_(ACTIVE))
             )
-            runs = [
-                {"id": run.id, "job": job.name, "attempt": run.attempt, "gpus": run.gpus,
-                 "phase": run.phase, "generation": job.generation,
-                 "spec": (job.manifest or {}).get("spec", {})}
-                for run, job in rows
-            ]  # fmt: skip
+            datasets = self._datasets_on(session, name)
+            runs = []
+            for run, job in rows:
+                spec = (job.manifest or {}).get("spec", {})
+                entry = {"id": run.id, "job": job.name, "attempt": run.attempt,
+                         "gpus": run.gpus, "phase": run.phase, "generation": job.generation,
+                         "spec": spec}  # fmt: skip
+                if spec.get("dataset") in datasets:
+                    entry["dataset"] = {"name": spec["dataset"], **datasets[spec["dataset"]]}
+                runs.append(entry)
             return {"assignmentRevision": node.assignment_revision, "runs": runs}
 
     async def report(self, request: Request) -> Response:

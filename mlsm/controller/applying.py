@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mlsm import planning
 from mlsm.planning import Create, Desired, Invalidate, Plan, Prune, Relocate, Revalidate, Update
-from mlsm.store import OBJECT_MODELS, Event, Job, Run, StoredObject
+from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, StoredObject
 from mlsm.store.types import utcnow
 
 __all__ = [
@@ -250,6 +250,13 @@ def _prune(
     row.updated_at = now
     if action.cancel and isinstance(row, Job):
         row.phase = "Cancelled"
+        holders = session.scalars(
+            select(Run.node).where(Run.job_id == row.id, Run.phase.not_in(FINISHED))
+        ).all()
+        for holder in session.scalars(  # their agents learn from the moved revision
+            select(Node).where(Node.name.in_([h for h in holders if h]), Node.deleted_at.is_(None))
+        ):
+            holder.assignment_revision += 1
         session.execute(
             update(Run)
             .where(Run.job_id == row.id, Run.phase.not_in(FINISHED))

@@ -94,6 +94,7 @@ class Controller:
             port=self.settings.port,
             log_level="warning",
             lifespan="off",
+            timeout_graceful_shutdown=2,  # long polls end at once rather than in 30 s
         )
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as tasks:
@@ -118,6 +119,8 @@ class Controller:
             try:
                 outcome = await anyio.to_thread.run_sync(self.syncer.sync)
                 if outcome.changed:
+                    self.agents.catalog_changed()
+                    self.agents.assignments_moved()  # a removed job's run: tell its node now
                     self.request_schedule()
             except Exception:  # a bug or a database outage: log it, keep the loop alive
                 log.exception("sync crashed; retrying after the poll interval")

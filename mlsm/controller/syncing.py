@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from mlsm import planning
 from mlsm.controller.applying import apply_plan, record, stored_objects
@@ -72,7 +73,13 @@ class Syncer:
         """Bring the store to the source's newest commit. Never raises for a source
         or manifest problem: the outcome (and the sync state) says what went wrong."""
         with paused_gc():  # a sync makes many small acyclic objects; collections over a
-            return self._sync(force=force)  # big heap cost more than the sync itself
+            for attempt in range(3):  # big heap cost more than the sync itself
+                try:
+                    return self._sync(force=force)
+                except StaleDataError:  # an agent report or the scheduler changed a row
+                    if attempt == 2:  # under us (optimistic concurrency): read again
+                        raise
+        raise AssertionError("unreachable")
 
     def _sync(self, *, force: bool) -> SyncOutcome:
         started = time.perf_counter()

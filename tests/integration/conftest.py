@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,3 +120,60 @@ def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Cli
     for process in processes:
         process.terminate()
         process.wait(10)
+
+
+def issue_node_token(database_url: str, node: str) -> str:
+    done = subprocess.run(
+        [*controller_bin(), "token", "issue", "--role", "node", "--node", node,
+         "--database-url", database_url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+class AgentProcess:
+    """A real `mlsm-agent` process with its own storage root."""
+
+    def __init__(self, process: subprocess.Popen[bytes], root: Path, log: Path) -> None:
+        self.process, self.root, self.log = process, root, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Start agents: `start_agent(client, node, token, gpus=1)`."""
+    agents: list[AgentProcess] = []
+
+    def _start(
+        client: httpx.Client, node: str, token: str, *, gpus: int = 1, **env: str
+    ) -> AgentProcess:
+        root = tmp_path / f"agent-{node}-{len(agents)}"
+        root.mkdir(parents=True)
+        (root / "token").write_text(token + "\n")
+        (root / "gpus.json").write_text(json.dumps(
+            [{"index": i, "uuid": f"GPU-{node}-{i}", "name": "Fake A100", "memory": 80 << 30}
+             for i in range(gpus)]
+        ))  # fmt: skip
+        log = root / "agent.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlsm.agent", "run", "--controller", str(client.base_url),
+             "--node", node, "--token-file", str(root / "token"), "--storage-root",
+             str(root / "storage"), "--heartbeat-interval", "0.5", "--stop-grace", "2",
+             "--gpus-file", str(root / "gpus.json")],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PIP_NO_INDEX": "1", **env},
+        )  # fmt: skip
+        agents.append(AgentProcess(process, root / "storage", log))
+        return agents[-1]
+
+    yield _start
+    for agent in agents:
+        if agent.process.poll() is None:
+            agent.process.send_signal(signal.SIGCONT)
+            agent.process.terminate()
+            agent.process.wait(10)
+        for record in agent.root.glob(".mlsm-agent/runs/*.json"):  # jobs left running
+            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
+                os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)

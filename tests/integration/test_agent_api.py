@@ -79,7 +79,7 @@ def test_refusals(store: Store, path: str, token: str | None, status: int, fragm
 def test_heartbeat_assignments_reports_and_fencing(store: Store) -> None:
     beat = call(store, None, "POST", "/n1/heartbeat", "n1-token", json={"inventory": INVENTORY})
     assert beat.status_code == 200
-    assert beat.json() == {"assignmentRevision": 0, "stop": []}
+    assert beat.json() == {"assignmentRevision": 0, "stop": [], "datasets": {}}
     with store.read() as session:
         node = session.scalars(select(Node).where(Node.name == "n1")).one()
     assert node.inventory == INVENTORY

@@ -1,0 +1,3 @@
+from mlsm.agent.main import entry
+
+entry()

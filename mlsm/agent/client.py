@@ -1,0 +1,86 @@
+"""The agent's side of the agent API (`/api/v1/agent/nodes/{node}/...`), over httpx.
+
+Errors are values the loop can act on: `Refused` (401/403: a bad or revoked token, a
+node with no merged manifest; retrying soon will not help, the message says what
+will) and `Unreachable` (the network or the controller is down; retry).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from mlsm import __version__
+from mlsm.errors import MlsmError
+
+__all__ = ["ControllerClient", "Refused", "Unreachable"]
+
+
+class Unreachable(MlsmError):
+    """The controller did not answer; the loop retries with backoff."""
+
+
+class Refused(MlsmError):
+    """The controller refused this agent (status 401 or 403); the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ControllerClient:
+    def __init__(self, url: str, node: str, token: str, *, timeout: float = 10.0) -> None:
+        self.node = node
+        self._http = httpx.AsyncClient(
+            base_url=f"{url.rstrip('/')}/api/v1/agent/nodes/{node}",
+            headers={"Authorization": f"Bearer {token}",
+                     "User-Agent": f"mlsm-agent/{__version__}"},
+            timeout=timeout,
+        )  # fmt: skip
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def heartbeat(self, inventory: dict[str, Any], runs: list[str]) -> dict[str, Any]:
+        return await self._call("POST", "/heartbeat", json={"inventory": inventory, "runs": runs})
+
+    async def assignments(self, revision: int, wait: float) -> dict[str, Any]:
+        return await self._call("GET", "/assignments", params={"revision": revision, "wait": wait},
+                                timeout=wait + 10)  # fmt: skip
+
+    async def report(self, run: str, body: dict[str, Any]) -> bool:
+        """Report a run's phase; False when the controller says to stop it (fenced)."""
+        response = await self._send("POST", f"/runs/{run}/status", json=body)
+        if response.status_code == 409:
+            return False
+        _raise_for(response)
+        return True
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await self._send(method, path, **kwargs)
+        _raise_for(response)
+        body = response.json()
+        if not isinstance(body, dict):
+            raise Unreachable(f"{method} {path}: the controller answered {body!r}")
+        return body
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            where = f"{self._http.base_url.host}:{self._http.base_url.port}"
+            detail = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+            raise Unreachable(f"{where}: {detail}") from None
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = str(response.json().get("error", response.text))
+    except ValueError:
+        message = response.text[:200]
+    if response.status_code in (401, 403):
+        raise Refused(response.status_code, message)
+    raise Unreachable(f"the controller answered {response.status_code}: {message}")

@@ -1,0 +1,123 @@
+"""`mlsm-agent`: the node agent.
+
+    mlsm-agent run --controller http://ctl.lab:8470 --node gpu-1 \\
+        --token-file /etc/mlsm/agent.token --storage-root /srv/mlsm
+    mlsm-agent run --config /etc/mlsm/agent.toml
+
+Every flag has an environment variable (MLSM_AGENT_CONTROLLER, MLSM_AGENT_NODE, ...)
+and a key in the TOML file; flags win over the environment, which wins over the file.
+Errors are one line and exit 1; never a traceback unless MLSM_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+
+from mlsm import __version__
+from mlsm.agent.client import ControllerClient
+from mlsm.agent.running import Agent
+from mlsm.agent.settings import load_settings
+from mlsm.errors import UserError
+
+__all__ = ["app", "entry", "main"]
+
+app = typer.Typer(
+    name="mlsm-agent",
+    help="The mlsm node agent: runs the jobs the controller assigns to this server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlsm-agent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:  # fmt: skip
+    """The mlsm node agent."""
+
+
+def _opt(name: str, help: str) -> Any:
+    return typer.Option(f"--{name}", envvar=f"MLSM_AGENT_{name.upper().replace('-', '_')}",
+                        show_default=False, help=help)  # fmt: skip
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, _opt("config", "A TOML file with these settings.")] = None,
+    controller: Annotated[str | None, _opt("controller", "The controller's URL.")] = None,
+    node: Annotated[str | None, _opt("node", "This server's Node name.")] = None,
+    token_file: Annotated[Path | None, _opt("token-file", "File holding the node token.")] = None,
+    storage_root: Annotated[Path | None, _opt("storage-root", "Datasets, envs and runs.")] = None,
+    state_dir: Annotated[Path | None, _opt("state-dir", "Agent state (default: under "
+                                                        "the storage root).")] = None,
+    heartbeat_interval: Annotated[float | None, _opt("heartbeat-interval", "Seconds.")] = None,
+    stop_grace: Annotated[float | None, _opt("stop-grace", "Seconds from SIGTERM "
+                                                           "to SIGKILL.")] = None,
+    gpus_file: Annotated[Path | None, _opt("gpus-file", "JSON list of GPUs to report "
+                                                        "instead of NVML/nvidia-smi.")] = None,
+) -> None:  # fmt: skip
+    """Run the agent until interrupted."""
+    settings = load_settings(config, {
+        "controller": controller, "node": node, "token_file": token_file,
+        "storage_root": storage_root, "state_dir": state_dir,
+        "heartbeat_interval": heartbeat_interval, "stop_grace": stop_grace,
+        "gpus_file": gpus_file,
+    })  # fmt: skip
+    token = settings.read_token()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+
+    async def serve() -> None:
+        client = ControllerClient(settings.controller, settings.node, token)
+        try:
+            logging.getLogger("mlsm.agent").info(
+                "mlsm-agent %s: node %s, controller %s, storage %s", __version__,
+                settings.node, settings.controller, settings.storage_root,
+            )  # fmt: skip
+            await Agent(settings, client).run()
+        finally:
+            await client.aclose()
+
+    anyio.run(serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, prog_name="mlsm-agent")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except UserError as exc:
+        typer.echo(f"mlsm-agent: error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("MLSM_DEBUG"):
+            raise
+        typer.echo(f"mlsm-agent: internal error: {type(exc).__name__}: {exc}\nThis is a bug "
+                   "in mlsm; rerun with MLSM_DEBUG=1 for the traceback and report it.",
+                   err=True)  # fmt: skip
+        return 70
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The agent process: three loops in one anyio task group.
+
+- heartbeat: every `heartbeat_interval`, the inventory and the runs held here; the
+  answer names runs to stop (fenced, cancelled, past maxDuration) and the datasets
+  the catalog places on this node, which the next inventory scans;
+- assignments: a long poll that returns as soon as the node's assignment revision
+  moves, so a bound run reaches the node in well under a second;
+- reconcile: `reconciling.plan_runs(desired, observed)` and the actions it returns,
+  every half second or at once when something changes.
+
+Runs are started through the venv runtime; a build runs in a worker thread, so the
+loops go on meanwhile. No error ends the process: the controller being away or
+refusing the agent is logged once (with what to do) and retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from mlsm import schemas
+from mlsm.agent import reconciling
+from mlsm.agent.client import ControllerClient, Refused, Unreachable
+from mlsm.agent.datasets import DatasetScanner, ScanResult, resolve_under
+from mlsm.agent.gpus import Gpu, discover_gpus
+from mlsm.agent.inventory import host_inventory
+from mlsm.agent.reconciling import Observed, Outcome
+from mlsm.agent.settings import AgentSettings
+from mlsm.agent.venvs import EnvBuildFailed, Launch, RunProcess, StartFailed, VenvRuntime, tail
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("mlsm.agent")
+
+RECONCILE_SECONDS = 0.5
+DONE_KEPT = 10_000
+
+
+@dataclass
+class LocalRun:
+    id: str
+    assignment: dict[str, Any]
+    observed: Observed = field(default_factory=lambda: Observed("preparing"))
+    process: RunProcess | None = None
+    cancelled: bool = False
+
+    @property
+    def job(self) -> str:
+        return str(self.assignment.get("job", "?"))
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        client: ControllerClient,
+        *,
+        runtime: VenvRuntime | None = None,
+        gpus: list[Gpu] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.root = settings.storage_root
+        self.runtime = runtime or VenvRuntime(self.root, pip_args=settings.pip_args)
+        self.gpus = gpus
+        self.clock = clock
+        self.scanner = DatasetScanner(self.root, settings.state / "dataset-digests.json")
+        self.desired: dict[str, dict[str, Any]] | None = None
+        self.revision = -1
+        self.runs: dict[str, LocalRun] = {}
+        self.done: dict[str, None] = {}  # insertion-ordered set, oldest dropped first
+        self.stop: set[str] = set()
+        self.catalog: dict[str, dict[str, str]] = {}
+        self._scanned: dict[str, ScanResult] = {}
+        self._wake = anyio.Event()
+        self._complaints: dict[str, str] = {}
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.settings.state.mkdir(parents=True, exist_ok=True)
+        if self.gpus is None:
+            gpus, source = await anyio.to_thread.run_sync(discover_gpus, self.settings.gpus_file)
+            log.info("node %s: %d GPU(s) (%s)", self.settings.node, len(gpus), source)
+            self.gpus = gpus
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            tasks.start_soon(self._heartbeat_loop)
+            tasks.start_soon(self._assignment_loop)
+            tasks.start_soon(self._reconcile_loop)
+
+    # talking to the controller -------------------------------------------------------
+
+    def _complain(self, topic: str, message: str) -> None:
+        """Log a problem once per change, not once per retry."""
+        if self._complaints.get(topic) != message:
+            self._complaints[topic] = message
+            log.warning("%s", message)
+
+    def _recovered(self, topic: str) -> None:
+        if self._complaints.pop(topic, None) is not None:
+            log.info("%s: the controller answers again", topic)
+
+    def _refused(self, topic: str, exc: Refused) -> float:
+        self._complain(topic, f"the controller refused node {self.settings.node} "
+                              f"({exc.status}): {exc}; retrying every 10s")  # fmt: skip
+        return 10.0
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            inventory = await anyio.to_thread.run_sync(self.inventory)
+            try:
+                answer = await self.client.heartbeat(inventory, sorted(self.runs))
+            except Refused as exc:
+                await anyio.sleep(self._refused("heartbeat", exc))
+                continue
+            except Unreachable as exc:
+                self._complain("heartbeat", f"heartbeat failed: {exc}; retrying in {backoff:.0f}s")
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.heartbeat_interval)
+                continue
+            backoff = 1.0
+            self._recovered("heartbeat")
+            stop = {str(r) for r in answer.get("stop", [])} & set(self.runs)
+            if stop - self.stop:
+                self.stop |= stop
+                self.wake()
+            catalog = answer.get("datasets")
+            if isinstance(catalog, dict) and catalog != self.catalog:
+                self.catalog = catalog
+                continue  # scan the datasets the catalog names now, and say so at once
+            await anyio.sleep(self.settings.heartbeat_interval)
+
+    def inventory(self) -> dict[str, Any]:
+        """The heartbeat's inventory (blocking: dataset scans read the disk)."""
+        scanned: dict[str, ScanResult] = {}
+        for name, where in sorted(self.catalog.items()):
+            result = self.scanner.scan(str(where.get("path", "")), str(where.get("format", "")))
+            if result is not None:
+                scanned[name] = result
+        self.scanner.save()
+        self._scanned = scanned
+        return host_inventory(self.root, gpus=self.gpus or [], runtimes=self.settings.runtimes,
+                              datasets=scanned)  # fmt: skip
+
+    async def _assignment_loop(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                body = await self.client.assignments(self.revision, self.settings.long_poll)
+            except Refused as exc:
+                await anyio.sleep(self._refused("assignments", exc))
+                continue
+            except Unreachable as exc:
+                self._complain("assignments", f"cannot reach the controller: {exc}; retrying")
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            self._recovered("assignments")
+            self.revision = int(body.get("assignmentRevision", -1))
+            self.desired = {str(r["id"]): r for r in body.get("runs", [])}
+            self.wake()
+
+    # reconciling ---------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            await self.reconcile_once()
+            with anyio.move_on_after(RECONCILE_SECONDS):
+                await self._wake.wait()
+
+    async def reconcile_once(self) -> None:
+        self._poll_processes()
+        actions = reconciling.plan_runs(
+            None if self.desired is None else self.desired.keys(),
+            {run.id: run.observed for run in self.runs.values()},
+            done=self.done.keys(), stop=self.stop, now=self.clock(),
+            grace=self.settings.stop_grace,
+        )  # fmt: skip
+        for action in actions:
+            await self._apply(action)
+
+    def _poll_processes(self) -> None:
+        for run in self.runs.values():
+            if run.process is None or run.observed.state != "running":
+                continue
+            code = run.process.poll()
+            if code is not None:
+                run.observed = replace(
+                    run.observed, state="exited", outcome=self._outcome(run, code)
+                )
+                log.info("run %s of job %s exited with %s", run.id[:8], run.job, code)
+
+    def _outcome(self, run: LocalRun, code: int) -> Outcome:
+        if code == 0:
+            return Outcome("Succeeded", "Completed", "exit code 0", 0)
+        last = tail(self._run_dir(run.id) / "output.log", lines=3, limit=1024)
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+            message = f"killed by {name}{hint}"
+            return Outcome("Failed", "Killed", f"{message}; last output:\n{last}".rstrip(), code)
+        return Outcome("Failed", "Error", f"exit code {code}; last output:\n{last}".rstrip(), code)
+
+    async def _apply(self, action: reconciling.Action) -> None:
+        match action:
+            case reconciling.Start(run=run_id):
+                assert self.desired is not None
+                assert self._tasks is not None
+                run = LocalRun(run_id, self.desired[run_id])
+                self.runs[run_id] = run
+                log.info("run %s of job %s: starting", run_id[:8], run.job)
+                self._tasks.start_soon(self._launch, run)
+            case reconciling.Terminate(run=run_id):
+                run = self.runs[run_id]
+                run.cancelled = True
+                run.observed = replace(run.observed, stopping_since=self.clock())
+                if run.process is not None:
+                    log.info("run %s of job %s: stopping (SIGTERM)", run_id[:8], run.job)
+                    run.process.signal(signal.SIGTERM)
+            case reconciling.Kill(run=run_id):
+                run = self.runs[run_id]
+                log.warning("run %s of job %s did not stop within %.0fs: SIGKILL", run_id[:8],
+                            run.job, self.settings.stop_grace)  # fmt: skip
+                run.observed = replace(run.observed, killed=True)
+                if run.process is not None:
+                    run.process.signal(signal.SIGKILL)
+            case reconciling.Report(run=run_id, phase=phase, outcome=outcome):
+                await self._report(self.runs[run_id], phase, outcome)
+            case reconciling.Forget(run=run_id):
+                self.runs.pop(run_id, None)
+                self.stop.discard(run_id)
+                self.done[run_id] = None
+                while len(self.done) > DONE_KEPT:
+                    del self.done[next(iter(self.done))]
+                (self.settings.state / "runs" / f"{run_id}.json").unlink(missing_ok=True)
+
+    async def _report(self, run: LocalRun, phase: str, outcome: Outcome | None) -> None:
+        body: dict[str, Any] = {"phase": phase}
+        if outcome is not None:
+            body.update(reason=outcome.reason, message=outcome.message, exitCode=outcome.exit_code)
+        try:
+            accepted = await self.client.report(run.id, body)
+        except (Refused, Unreachable) as exc:
+            self._complain("report", f"cannot report run {run.id[:8]} {phase}: {exc}; retrying")
+            return
+        self._recovered("report")
+        if accepted:
+            run.observed = replace(run.observed, reported=phase)
+        else:  # fenced: the controller has moved on from this run
+            log.warning("run %s of job %s is stale (the controller moved on): stopping it",
+                        run.id[:8], run.job)  # fmt: skip
+            self.stop.add(run.id)
+            self.wake()
+
+    # starting a run ------------------------------------------------------------------
+
+    def _run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def _launch_for(self, run: LocalRun) -> Launch:
+        spec = schemas.TrainingJobSpec.model_validate(run.assignment.get("spec", {}))
+        venv = spec.runtime.venv
+        if venv is None:
+            raise StartFailed("this agent runs venv jobs only; the docker runtime is not here yet")
+        if spec.command is None:
+            raise StartFailed("the built-in trainer is not run by this agent yet (issue 8)")
+        directory = self._run_dir(run.id)
+        output = self.root / "jobs" / run.job / "output"
+        output.mkdir(parents=True, exist_ok=True)
+        gpus = [int(i) for i in run.assignment.get("gpus", [])]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
+        env.update(spec.env)
+        env.update(
+            MLSM_RUN_ID=run.id, MLSM_JOB=run.job, MLSM_OUTPUT_DIR=str(output),
+            MLSM_METRICS_FILE=str(directory / "metrics.jsonl"),
+            CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)),
+        )  # fmt: skip
+        dataset = run.assignment.get("dataset")
+        if spec.dataset is not None:
+            where = dataset if isinstance(dataset, dict) else self.catalog.get(spec.dataset, {})
+            path = resolve_under(self.root, str(where.get("path", "")))
+            if path is None or not path.is_dir():
+                expected = self.root / str(where.get("path", "?"))
+                raise StartFailed(f"dataset {spec.dataset} is not on this node "
+                                  f"(expected at {expected})")  # fmt: skip
+            env["MLSM_DATASET_DIR"] = str(path)
+        return Launch(run=run.id, argv=spec.command, env=env, cwd=directory,
+                      log=directory / "output.log", python=venv.python,
+                      requirements=venv.requirements,
+                      system_site_packages=venv.system_site_packages)  # fmt: skip
+
+    async def _launch(self, run: LocalRun) -> None:
+        try:
+            launch = self._launch_for(run)
+            launch.cwd.mkdir(parents=True, exist_ok=True)
+            env_dir = await anyio.to_thread.run_sync(self.runtime.ensure_env, launch)
+            if run.cancelled:
+                raise StartFailed("stopped before it started")
+            run.process = self.runtime.start(launch, env_dir)
+        except EnvBuildFailed as exc:
+            self._fail(run, "EnvBuildFailed", str(exc))
+        except StartFailed as exc:
+            self._fail(run, "StartFailed", str(exc))
+        except ValueError as exc:  # a spec this agent cannot read (a newer controller)
+            self._fail(run, "InvalidSpec", f"cannot read the job's spec: {exc}")
+        except Exception as exc:  # a bug must not take the agent down
+            log.exception("run %s of job %s: unexpected error while starting", run.id[:8], run.job)
+            self._fail(run, "StartFailed", f"{exc.__class__.__name__}: {exc}")
+        else:
+            run.observed = replace(run.observed, state="running")
+            self._record(run, launch)
+            log.info("run %s of job %s: running as pid %d", run.id[:8], run.job, run.process.pid)
+        self.wake()
+
+    def _fail(self, run: LocalRun, reason: str, message: str) -> None:
+        if not run.cancelled:
+            log.warning("run %s of job %s failed: %s: %s", run.id[:8], run.job, reason, message)
+        run.observed = replace(run.observed, state="exited",
+                               outcome=Outcome("Failed", reason, message))  # fmt: skip
+
+    def _record(self, run: LocalRun, launch: Launch) -> None:
+        """The run's pid and start in the state dir, for adoption after a restart."""
+        assert run.process is not None
+        records = self.settings.state / "runs"
+        records.mkdir(parents=True, exist_ok=True)
+        (records / f"{run.id}.json").write_text(json.dumps({
+            "run": run.id, "job": run.job, "pid": run.process.pid, "log": str(launch.log),
+            "startedAt": time.time(),
+        }))  # fmt: skip

@@ -1,0 +1,198 @@
+"""The venv runtime: one Python virtual environment per (Python version, requirements,
+system site packages), built once under `<storage root>/envs/` and reused by later
+jobs; a job runs in it as its own process group.
+
+A build holds a file lock on the environment, so two runs that need the same one
+never build it twice (the second waits and reuses it), even across agent restarts.
+An environment is ready only once its marker file is written; a half-built one left
+by a crash is removed and built again. A failed build raises `EnvBuildFailed` with the
+last lines of pip's output, which the run's failure message carries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlsm.errors import MlsmError
+
+__all__ = ["EnvBuildFailed", "Launch", "RunProcess", "StartFailed", "VenvRuntime", "tail"]
+
+READY = ".mlsm-ready"
+
+
+class EnvBuildFailed(MlsmError):
+    """The environment could not be built; the message says why (pip's last lines)."""
+
+
+class StartFailed(MlsmError):
+    """The job's process could not be started (command not found, bad working dir)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything needed to start one run's process."""
+
+    run: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: Path
+    log: Path
+    python: str = "3"
+    requirements: Sequence[str] = ()
+    system_site_packages: bool = False
+
+
+@dataclass(slots=True)
+class RunProcess:
+    """A started job: a process group led by `pid`."""
+
+    pid: int
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def poll(self) -> int | None:
+        """The exit status once the process has ended (negative: killed by that signal)."""
+        assert self.popen is not None
+        return self.popen.poll()
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(self.pid, sig)
+
+
+def tail(path: Path, lines: int = 10, limit: int = 4096) -> str:
+    """The last lines of a text file (at most `limit` bytes of it)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - limit, 0))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+class VenvRuntime:
+    name = "venv"
+
+    def __init__(self, storage_root: Path, *, pip_args: Sequence[str] = ()) -> None:
+        self.envs = storage_root / "envs"
+        self.pip_args = list(pip_args)
+        self._versions: dict[str, str] = {}
+
+    # environments --------------------------------------------------------------------
+
+    def interpreter(self, wanted: str) -> tuple[str, str]:
+        """An installed Python matching `wanted` ('3', '3.11', '3.11.7'): (path, version)."""
+        candidates = [sys.executable]
+        parts = wanted.split(".")
+        for n in range(len(parts), 1, -1):
+            found = shutil.which(f"python{'.'.join(parts[:n])}")
+            if found:
+                candidates.append(found)
+        seen = []
+        for candidate in candidates:
+            version = self._version(candidate)
+            seen.append(version)
+            if version == wanted or version.startswith(wanted + "."):
+                return candidate, version
+        found = ", ".join(sorted(set(seen)))
+        raise EnvBuildFailed(
+            f"Python {wanted} is not installed on this node (found {found}); "
+            "install it, or ask for one of those in spec.runtime.venv.python"
+        )
+
+    def _version(self, executable: str) -> str:
+        if executable not in self._versions:
+            if executable == sys.executable:
+                self._versions[executable] = ".".join(map(str, sys.version_info[:3]))
+            else:
+                code = "import sys; print('.'.join(map(str, sys.version_info[:3])))"
+                done = subprocess.run(
+                    [executable, "-c", code], capture_output=True, text=True, timeout=30
+                )
+                self._versions[executable] = done.stdout.strip() or "unknown"
+        return self._versions[executable]
+
+    def env_dir(self, launch: Launch) -> tuple[Path, str, dict[str, object]]:
+        executable, version = self.interpreter(launch.python)
+        key = {"python": version, "requirements": [r.strip() for r in launch.requirements],
+               "systemSitePackages": launch.system_site_packages}  # fmt: skip
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        return self.envs / digest, executable, key
+
+    def ensure_env(self, launch: Launch) -> Path:
+        """The run's environment, built first if needed (blocking: call from a thread)."""
+        path, executable, key = self.env_dir(launch)
+        if (path / READY).is_file():
+            return path
+        self.envs.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run building it: wait, then reuse
+            if (path / READY).is_file():
+                return path
+            shutil.rmtree(path, ignore_errors=True)  # a half-built one from a crash
+            try:
+                self._build(path, executable, key, launch)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+        return path
+
+    def _build(self, path: Path, executable: str, key: dict[str, object], launch: Launch) -> None:
+        log = path.with_suffix(".build.log")
+        requirements = [r.strip() for r in launch.requirements if r.strip()]
+        venv = [executable, "-m", "venv", str(path)]
+        if launch.system_site_packages:
+            venv.append("--system-site-packages")
+        if not requirements:
+            venv.append("--without-pip")  # nothing to install: skip ensurepip (seconds)
+        with log.open("wb") as out:
+            if subprocess.run(venv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise EnvBuildFailed(f"python -m venv failed:\n{tail(log)}")
+            if requirements:
+                (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
+                pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--no-input",
+                       "--disable-pip-version-check", *self.pip_args,
+                       "-r", str(path / "requirements.txt")]  # fmt: skip
+                out.write(f"$ {' '.join(pip)}\n".encode())
+                out.flush()
+                if subprocess.run(pip, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                    raise EnvBuildFailed(f"pip install failed:\n{tail(log, lines=8)}")
+        (path / READY).write_text(json.dumps(key, indent=2) + "\n")
+
+    # processes -----------------------------------------------------------------------
+
+    def start(self, launch: Launch, env_dir: Path) -> RunProcess:
+        """Start the run's command in `env_dir`, in its own process group, with stdout
+        and stderr appended to its log file."""
+        bin_dir = str(env_dir / "bin")
+        env = {**launch.env, "VIRTUAL_ENV": str(env_dir)}
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+        env.pop("PYTHONHOME", None)
+        program = shutil.which(launch.argv[0], path=env["PATH"]) if launch.argv else None
+        if program is None:
+            raise StartFailed(f"command not found: '{launch.argv[0] if launch.argv else ''}' "
+                              f"(looked in the environment's bin and PATH)")  # fmt: skip
+        launch.cwd.mkdir(parents=True, exist_ok=True)
+        launch.log.parent.mkdir(parents=True, exist_ok=True)
+        with launch.log.open("ab") as out:
+            try:
+                popen = subprocess.Popen(
+                    [program, *launch.argv[1:]], cwd=launch.cwd, env=env,
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise StartFailed(f"cannot start '{launch.argv[0]}': {exc.strerror}") from None
+        return RunProcess(popen.pid, popen)

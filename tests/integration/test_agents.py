@@ -1,0 +1,284 @@
+"""A real controller with real `mlsm-agent` processes on loopback, each with its own
+storage root: jobs succeed, fail and retry, exceed maxDuration, wait for a GPU, are
+cancelled by removing them from git, move off a node that went silent (whose stale
+run is stopped when it comes back), and a bad requirements file fails the run with
+EnvBuildFailed. Tokens that are wrong, missing or another node's are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.conftest import AgentProcess, GitRepo, issue_node_token, wait_for
+
+
+def node(name: str) -> str:
+    return f"""
+        apiVersion: mlsm/v1
+        kind: Node
+        metadata: {{name: {name}, labels: {{zone: lab}}}}
+        spec: {{runtimes: [venv]}}
+    """
+
+
+def job(name: str, code: str, *, gpus: int = 1, extra: str = "", venv: str = "") -> str:
+    return f"""
+        apiVersion: mlsm/v1
+        kind: TrainingJob
+        metadata: {{name: {name}, owner: ada}}
+        spec:
+          runtime: {{venv: {{python: "3"{venv}}}}}
+          command: [python, -c, {json.dumps(code)}]
+          resources: {{gpus: {gpus}, cpu: 0.1}}{extra}
+    """
+
+
+# A job that writes what it sees, then does what it was asked.
+REPORT_ENV = (
+    "import json, os, sys; "
+    "keys = ['MLSM_RUN_ID', 'MLSM_OUTPUT_DIR', 'MLSM_METRICS_FILE', 'CUDA_VISIBLE_DEVICES', "
+    "'VIRTUAL_ENV', 'GREETING']; "
+    "out = os.environ['MLSM_OUTPUT_DIR']; "
+    "json.dump({'env': {k: os.environ.get(k) for k in keys}, 'cwd': os.getcwd(), "
+    "'pgid': os.getpgid(0), 'pid': os.getpid()}, open(os.path.join(out, 'seen.json'), 'w')); "
+    "print('hello from the job'); "
+)
+
+
+def get_job(client: httpx.Client, name: str) -> dict[str, Any]:
+    response = client.get(f"/api/v1/jobs/{name}")
+    if response.status_code == 404:
+        raise KeyError(f"no job {name} yet")  # wait_for retries on this
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def phase(client: httpx.Client, name: str) -> str:
+    response = client.get(f"/api/v1/jobs/{name}")
+    return str(response.json()["status"]["phase"]) if response.status_code == 200 else ""
+
+
+def runs_of(client: httpx.Client, name: str) -> list[dict[str, Any]]:
+    return list(client.get("/api/v1/runs", params={"job": name}).json()["items"])
+
+
+def wait_phase(client: httpx.Client, name: str, wanted: str, timeout: float = 30) -> None:
+    try:
+        wait_for(lambda: phase(client, name) == wanted, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"job {name} never reached {wanted}: {get_job(client, name)}"
+        ) from None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie left for the agent to reap still counts as gone
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def started(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+    nodes: dict[str, int],
+    *flags: str,
+) -> tuple[httpx.Client, dict[str, AgentProcess]]:
+    for name in nodes:
+        repo.write(f"nodes/{name}.yaml", node(name))
+    repo.commit("nodes")
+    client = start(str(repo.root), "--poll-interval", "600", *flags)
+    wait_for(lambda: all(client.get(f"/api/v1/nodes/{n}").status_code == 200 for n in nodes))
+    agents = {n: start_agent(client, n, issue_node_token(database_url, n), gpus=g)
+              for n, g in nodes.items()}  # fmt: skip
+    wait_for(lambda: all(ready(client, n) for n in nodes))
+    return client, agents
+
+
+def ready(client: httpx.Client, name: str) -> bool:
+    conditions = client.get(f"/api/v1/nodes/{name}").json()["status"]["conditions"]
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def test_jobs_succeed_fail_retry_and_stop_at_max_duration(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 2, "n2": 1})
+    repo.write("jobs/ok.yaml", job("ok", REPORT_ENV, extra="\n          env: {GREETING: hi}"))
+    repo.write("jobs/bad.yaml", job("bad", "import sys; print('boom'); sys.exit(3)",
+                                    extra="\n          retries: 1"))  # fmt: skip
+    repo.write("jobs/slow.yaml", job("slow", "import time; time.sleep(120)", gpus=0,
+                                     extra="\n          maxDuration: 2s"))  # fmt: skip
+    repo.commit("three jobs")
+
+    wait_phase(client, "ok", "Succeeded")
+    [run] = runs_of(client, "ok")
+    holder = agents[run["node"]]
+    seen = json.loads((holder.root / "jobs/ok/output/seen.json").read_text())
+    assert seen["env"]["MLSM_RUN_ID"] == run["id"]
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, run["gpus"]))
+    assert seen["env"]["GREETING"] == "hi"
+    assert seen["env"]["VIRTUAL_ENV"].startswith(str(holder.root / "envs"))
+    assert seen["env"]["MLSM_METRICS_FILE"] == str(
+        holder.root / "runs" / run["id"] / "metrics.jsonl"
+    )
+    assert seen["cwd"] == str(holder.root / "runs" / run["id"])
+    assert seen["pgid"] == seen["pid"], "the job leads its own process group"
+    log = (holder.root / "runs" / run["id"] / "output.log").read_text()
+    assert "hello from the job" in log
+
+    wait_phase(client, "bad", "Failed")
+    bad = runs_of(client, "bad")
+    assert [r["phase"] for r in bad] == ["Failed", "Failed"], "one retry, then failed"
+    assert bad[0]["exitCode"] == 3
+    assert "boom" in bad[0]["message"]
+    assert get_job(client, "bad")["status"]["restarts"] == 1
+
+    wait_phase(client, "slow", "Failed")
+    [slow] = runs_of(client, "slow")
+    assert slow["reason"] == "DeadlineExceeded"
+    stopped = agents[slow["node"]].root / "runs" / slow["id"]
+    assert stopped.is_dir()
+    wait_for(lambda: "stopping (SIGTERM)" in agents[slow["node"]].output())
+
+    # One environment for all three: the same Python and (no) requirements.
+    envs = {p.name for a in agents.values() for p in (a.root / "envs").glob("*") if p.is_dir()}
+    assert len(envs) == 1
+
+
+def test_a_job_waits_for_a_gpu_and_runs_when_another_is_cancelled_from_git(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 1})
+    repo.write("jobs/first.yaml", job("first", REPORT_ENV + "import time; time.sleep(120)"))
+    repo.commit("first")
+    wait_phase(client, "first", "Running")
+    seen = agents["n1"].root / "jobs/first/output/seen.json"
+    wait_for(seen.is_file)
+    pid = json.loads(seen.read_text())["pid"]
+
+    repo.write("jobs/second.yaml", job("second", "print('second ran')"))
+    repo.commit("second")
+    wait_for(lambda: "Unschedulable" in str(get_job(client, "second")["status"]["conditions"]))
+    conditions = get_job(client, "second")["status"]["conditions"]
+    message = next(c["message"] for c in conditions if c["type"] == "Scheduled")
+    assert message == "0/1 nodes available: 1 insufficient GPUs"
+
+    repo.remove("jobs/first.yaml")
+    repo.commit("cancel first")
+    wait_phase(client, "second", "Succeeded")
+    assert phase(client, "first") == "Cancelled"
+    wait_for(lambda: not alive(pid), timeout=10)
+
+
+def test_a_silent_node_loses_its_run_and_its_stale_copy_is_stopped_when_it_returns(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 1, "n2": 1},
+                             "--node-grace", "1.5", "--node-lost", "3")  # fmt: skip
+    repo.write("jobs/long.yaml", job("long", REPORT_ENV + "import time; time.sleep(120)"))
+    repo.commit("long")
+    wait_phase(client, "long", "Running")
+    [first] = runs_of(client, "long")
+    cut, other = agents[first["node"]], agents["n2" if first["node"] == "n1" else "n1"]
+    seen = cut.root / "jobs/long/output/seen.json"
+    wait_for(seen.is_file)
+    stale_pid = json.loads(seen.read_text())["pid"]
+
+    cut.process.send_signal(signal.SIGSTOP)  # the agent is cut off; its job runs on
+    try:
+        wait_for(lambda: len(runs_of(client, "long")) == 2, timeout=20)
+        wait_phase(client, "long", "Running")
+        current = runs_of(client, "long")[0]
+        assert current["node"] != first["node"]
+        assert runs_of(client, "long")[1]["phase"] == "Lost"
+        assert alive(stale_pid), "the partitioned copy still runs until its agent returns"
+    finally:
+        cut.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: not alive(stale_pid), timeout=15)
+    assert "stopping (SIGTERM)" in cut.output()
+    assert phase(client, "long") == "Running"
+    assert (other.root / "jobs/long/output/seen.json").is_file()
+
+
+def test_a_requirement_that_cannot_be_installed_fails_with_env_build_failed(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 0})
+    missing = ", requirements: [mlsm-no-such-package==9.9]"
+    repo.write("jobs/deps.yaml", job("deps", "print(1)", gpus=0, venv=missing))
+    repo.commit("deps")
+    wait_phase(client, "deps", "Failed", timeout=60)
+    [run] = runs_of(client, "deps")
+    assert run["reason"] == "EnvBuildFailed"
+    assert "mlsm-no-such-package" in run["message"]
+    assert not list((agents["n1"].root / "envs").glob("*/.mlsm-ready")), "no half-built env kept"
+
+
+def test_bad_missing_and_cross_node_tokens_are_refused(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    repo.write("nodes/n1.yaml", node("n1"))
+    repo.write("nodes/n2.yaml", node("n2"))
+    repo.commit("nodes")
+    client = start(str(repo.root), "--poll-interval", "600")
+    wait_for(lambda: client.get("/api/v1/nodes/n2").status_code == 200)
+    n1_token = issue_node_token(database_url, "n1")
+
+    wrong = start_agent(client, "n1", "mlsm_not-a-real-token")
+    borrowed = start_agent(client, "n2", n1_token)
+    unknown = start_agent(client, "ghost", issue_node_token(database_url, "ghost"))
+    wait_for(lambda: "invalid or revoked node token" in wrong.output())
+    wait_for(lambda: "this token is node n1's; it cannot act for n2" in borrowed.output())
+    wait_for(
+        lambda: "node ghost has no merged Node manifest: add nodes/ghost.yaml" in unknown.output()
+    )
+    assert all(client.get(f"/api/v1/nodes/{n}").json()["status"]["lastHeartbeatAt"] is None
+               for n in ("n1", "n2"))  # fmt: skip
+    assert wrong.process.poll() is None, "a refused agent keeps retrying (the fix may land)"
+
+    # A run of n1's cannot be reported by n2's token; with no token at all: 401.
+    n2_token = issue_node_token(database_url, "n2")
+    response = client.post("/api/v1/agent/nodes/n1/heartbeat", json={},
+                           headers={"Authorization": f"Bearer {n2_token}"})  # fmt: skip
+    assert response.status_code == 403
+    assert client.post("/api/v1/agent/nodes/n1/heartbeat", json={}).status_code == 401
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "mlsm.agent", "run", "--controller", str(client.base_url),
+         "--node", "n1", "--token-file", str(tmp_path / "nope"), "--storage-root", str(tmp_path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("mlsm-agent: error: token_file")
+    assert "mlsm-controller token issue --role node --node n1" in missing.stderr
+    assert "Traceback" not in missing.stderr
