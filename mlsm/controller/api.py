@@ -84,7 +84,8 @@ def object_json(
         reported = row.inventory.get("gpus")
         status.update(lastHeartbeatAt=_time(row.last_heartbeat_at),
                       gpus=len(reported) if reported is not None else capacity or 0,
-                      agentVersion=row.inventory.get("agentVersion"))  # fmt: skip
+                      agentVersion=row.inventory.get("agentVersion"),
+                      datasets=row.inventory.get("datasets", {}))  # fmt: skip
     status.update(extra or {})
     out = {
         "apiVersion": manifest.get("apiVersion", "mlsm/v1"),

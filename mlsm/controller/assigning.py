@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from mlsm import planning, schemas
 from mlsm.controller.applying import condition, record, set_condition
 from mlsm.controller.transitions import ACTIVE, job_spec, set_job_phase
-from mlsm.store import Job, Node, Run
+from mlsm.store import Dataset, Job, Node, Run
 from mlsm.store.types import utcnow
 
 __all__ = ["AssignOutcome", "assign", "is_ready"]
@@ -39,8 +39,21 @@ def is_ready(node: Node, now: dt.datetime, grace: dt.timedelta) -> bool:
     return node.last_heartbeat_at is not None and now - node.last_heartbeat_at <= grace
 
 
+def _present(node: Node, checksums: dict[str, str | None]) -> frozenset[str]:
+    """Datasets the node's agent reports holding, whose checksum matches the catalog's
+    where the catalog gives one."""
+    reported: dict[str, Any] = node.inventory.get("datasets", {}) or {}
+    return frozenset(
+        name for name, found in reported.items()
+        if name in checksums and checksums[name] in (None, (found or {}).get("checksum"))
+    )  # fmt: skip
+
+
 def _node_view(
-    node: Node, held: list[tuple[Run, schemas.TrainingJob | None]], ready: bool
+    node: Node,
+    held: list[tuple[Run, schemas.TrainingJob | None]],
+    ready: bool,
+    checksums: dict[str, str | None],
 ) -> planning.NodeView:
     spec: dict[str, Any] = node.manifest.get("spec", {})
     inventory = node.inventory
@@ -70,7 +83,7 @@ def _node_view(
         free_gpus=tuple(i for i in gpus if i not in used),
         free_cpu=max(cpu, 0.0),
         free_memory=memory,
-        datasets=frozenset(inventory.get("datasets", {})),
+        datasets=_present(node, checksums),
     )
 
 
@@ -104,7 +117,14 @@ def assign(
         spec = job_spec(job)
         held.setdefault(run.node or "", []).append((run, spec))
         in_use[job.owner] += len(run.gpus)
-    views = [_node_view(n, held.get(n.name, []), is_ready(n, now, grace)) for n in nodes]
+    checksums = {
+        row.name: (row.manifest or {}).get("spec", {}).get("checksum")
+        for row in session.scalars(
+            select(Dataset).where(Dataset.deleted_at.is_(None), Dataset.generation > 0)
+        )
+    }
+    views = [_node_view(n, held.get(n.name, []), is_ready(n, now, grace), checksums)
+             for n in nodes]  # fmt: skip
     candidates = session.scalars(select(Job).where(
         Job.deleted_at.is_(None), Job.phase == "Pending", Job.generation > 0,
     )).all()  # fmt: skip

@@ -115,8 +115,17 @@ def _refusal(job: PendingJob, node: NodeView, free: _Free) -> str | None:
     return None
 
 
+def _agree(reason: str, count: int) -> str:
+    """'1 lacks dataset cats' but '2 lack dataset cats'."""
+    return (
+        "lack " + reason.removeprefix("lacks ")
+        if count > 1 and reason.startswith("lacks ")
+        else reason
+    )
+
+
 def _message(total: int, reasons: Counter[str], job: PendingJob, fit: int) -> str:
-    parts = ", ".join(f"{count} {reason}" for reason, count in
+    parts = ", ".join(f"{count} {_agree(reason, count)}" for reason, count in
                       sorted(reasons.items(), key=lambda item: (-item[1], item[0])))  # fmt: skip
     if job.nodes > 1:
         head = f"needs {job.nodes} nodes at once, {fit}/{total} available"

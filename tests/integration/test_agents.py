@@ -45,7 +45,7 @@ def job(name: str, code: str, *, gpus: int = 1, extra: str = "", venv: str = "")
 REPORT_ENV = (
     "import json, os, sys; "
     "keys = ['MLSM_RUN_ID', 'MLSM_OUTPUT_DIR', 'MLSM_METRICS_FILE', 'CUDA_VISIBLE_DEVICES', "
-    "'VIRTUAL_ENV', 'GREETING']; "
+    "'VIRTUAL_ENV', 'GREETING', 'MLSM_DATASET_DIR']; "
     "out = os.environ['MLSM_OUTPUT_DIR']; "
     "json.dump({'env': {k: os.environ.get(k) for k in keys}, 'cwd': os.getcwd(), "
     "'pgid': os.getpgid(0), 'pid': os.getpid()}, open(os.path.join(out, 'seen.json'), 'w')); "
@@ -221,6 +221,57 @@ def test_a_silent_node_loses_its_run_and_its_stale_copy_is_stopped_when_it_retur
     assert "stopping (SIGTERM)" in cut.output()
     assert phase(client, "long") == "Running"
     assert (other.root / "jobs/long/output/seen.json").is_file()
+
+
+def dataset(checksum: str = "") -> str:
+    expected = f"\n          checksum: {checksum}" if checksum else ""
+    return f"""
+        apiVersion: mlsm/v1
+        kind: Dataset
+        metadata: {{name: cats}}
+        spec:
+          format: imagefolder
+          locations:
+            - {{node: n1, path: datasets/cats}}
+            - {{node: n2, path: datasets/cats}}{expected}
+    """
+
+
+def test_a_job_runs_where_its_dataset_really_lies(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 1, "n2": 1})
+    data = agents["n2"].root / "datasets/cats"  # the catalog says both; only n2 has it
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (data / split / label).mkdir(parents=True)
+            (data / split / label / "0.png").write_bytes(f"{split}-{label}".encode())
+    repo.write("datasets/cats.yaml", dataset())
+    repo.write("jobs/uses.yaml", job("uses", REPORT_ENV, extra="\n          dataset: cats"))
+    repo.commit("cats")
+
+    wait_phase(client, "uses", "Succeeded")
+    [run] = runs_of(client, "uses")
+    assert run["node"] == "n2"
+    seen = json.loads((agents["n2"].root / "jobs/uses/output/seen.json").read_text())
+    assert seen["env"]["MLSM_DATASET_DIR"] == str(data)
+    held = client.get("/api/v1/nodes/n2").json()["status"]["datasets"]["cats"]
+    assert (held["files"], held["bytes"], held["classes"]) == (4, 32, ["cat", "dog"])
+    assert held["checksum"].startswith("sha256:")
+    assert client.get("/api/v1/nodes/n1").json()["status"]["datasets"] == {}
+
+    # A catalog checksum that n2's copy does not match: no node qualifies, and the
+    # job says so.
+    repo.write("datasets/cats.yaml", dataset("sha256:" + "0" * 64))
+    repo.write("jobs/again.yaml", job("again", "print(1)", extra="\n          dataset: cats"))
+    repo.commit("a checksum n2 does not match")
+    wait_for(lambda: "Unschedulable" in str(get_job(client, "again")["status"]["conditions"]))
+    conditions = get_job(client, "again")["status"]["conditions"]
+    message = next(c["message"] for c in conditions if c["type"] == "Scheduled")
+    assert message == "0/2 nodes available: 2 lack dataset cats"
 
 
 def test_a_requirement_that_cannot_be_installed_fails_with_env_build_failed(
