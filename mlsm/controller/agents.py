@@ -11,20 +11,22 @@ comes back stops its stale copy instead of both counting.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mlsm.controller.applying import FINISHED
+from mlsm.controller.heartbeats import Beat, Identities, NodeState, NodeTable
 from mlsm.controller.leasing import Leases, finish_failed_run
-from mlsm.controller.tokens import bearer, live_token
+from mlsm.controller.tokens import bearer, live_token, token_digest
 from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
 from mlsm.store import Dataset, Job, Node, Run, Store
 from mlsm.store.types import utcnow
@@ -32,7 +34,11 @@ from mlsm.store.types import utcnow
 __all__ = ["AgentApi", "AgentError"]
 
 LONG_POLL_SECONDS = 30.0
+FLUSH_SECONDS = 0.2
 REPORTABLE = {"Starting", "Running", "Succeeded", "Failed"}
+
+
+log = logging.getLogger("mlsm.controller")
 
 
 class AgentError(Exception):
@@ -59,14 +65,25 @@ class AgentApi:
         self._revision_moved = anyio.Event()
         self._catalog: dict[str, dict[str, dict[str, str]]] | None = None
         self._catalog_generation = 0
+        self._identities = Identities(store)
+        self._node_table = NodeTable(store, self._catalog_by_node)
+        self._pending: dict[int, Beat] = {}
+        self._flushing = False
 
     def catalog_changed(self) -> None:
         """Datasets may have moved (called after a sync that changed objects)."""
         self._catalog_generation += 1
         self._catalog = None
+        self._forget_nodes()
+
+    def _forget_nodes(self) -> None:
+        self._node_table.forget()
 
     def _datasets_on(self, session: Session, node: str) -> dict[str, dict[str, str]]:
         """Name → {path, format} of each Dataset the catalog places on `node`."""
+        return self._catalog_by_node(session).get(node, {})
+
+    def _catalog_by_node(self, session: Session) -> dict[str, dict[str, dict[str, str]]]:
         catalog, generation = self._catalog, self._catalog_generation
         if catalog is None:
             catalog = {}
@@ -80,10 +97,11 @@ class AgentApi:
                     catalog.setdefault(str(location.get("node")), {})[row.name] = where
             if generation == self._catalog_generation:  # not invalidated meanwhile
                 self._catalog = catalog
-        return catalog.get(node, {})
+        return catalog
 
     def assignments_moved(self) -> None:
         """Wake every long poll (called after a scheduling pass binds runs)."""
+        self._forget_nodes()
         self._revision_moved.set()
         self._revision_moved = anyio.Event()
 
@@ -102,44 +120,81 @@ class AgentApi:
             select(Node).where(Node.name == name, Node.deleted_at.is_(None))
         ).first()
         if node is None or node.generation == 0:
-            raise AgentError(403, f"node {name} has no merged Node manifest: add nodes/{name}.yaml "
-                                  "to the manifests repository and merge it")  # fmt: skip
+            raise _no_manifest(name)
         return node
 
     async def heartbeat(self, request: Request) -> Response:
         name, token, body = request.path_params["node"], bearer(request), await _json(request)
-        answer, first = await self._run(self._heartbeat, name, token, body)
-        if first:  # a node that just came up: there may be work for it
-            self.changed()
+        inventory = body.get("inventory") or {}
+        if not isinstance(inventory, dict):
+            raise AgentError(400, "inventory must be a JSON object")
+        state = await self._node_state(name, token)
+        now = utcnow()
+        fresh = state.last_beat is None or now - state.last_beat > self.leases.grace
+        state.last_beat = now
+        seen = {str(r) for r in body.get("runs", [])}
+        answer = {"assignmentRevision": state.revision, "stop": sorted(seen - state.active),
+                  "datasets": state.datasets}  # fmt: skip
+        if self._flushing:  # written with others in one transaction within FLUSH_SECONDS
+            self._pending[state.id] = Beat(now, inventory, fresh or self._pending_fresh(state.id))
+        else:
+            await self._run(self._write_beats, {state.id: Beat(now, inventory, fresh)})
+            if fresh:
+                self.changed()
         return JSONResponse(answer)
 
-    def _heartbeat(
-        self, name: str, token: str, body: dict[str, Any]
-    ) -> tuple[dict[str, Any], bool]:
-        now = utcnow()
-        with self.store.write() as session:
-            node = self._node_for(session, token, name)
-            first = node.last_heartbeat_at is None
-            # A plain UPDATE: these columns are the agent's alone, so a heartbeat never
-            # collides with the scheduler's versioned writes to the same row.
-            session.execute(
-                update(Node).where(Node.id == node.id)
-                .values(last_heartbeat_at=now, inventory=body.get("inventory", {}) or {})
-                .execution_options(synchronize_session=False)
-            )  # fmt: skip
-            seen = {str(r) for r in body.get("runs", [])}
-            stop = self._stale(session, name, seen)
-            revision = node.assignment_revision
-            datasets = self._datasets_on(session, name)
-        return {"assignmentRevision": revision, "stop": sorted(stop), "datasets": datasets}, first
+    def _pending_fresh(self, node_id: int) -> bool:
+        beat = self._pending.get(node_id)
+        return beat is not None and beat.fresh
 
-    def _stale(self, session: Session, node: str, seen: set[str]) -> set[str]:
-        """Runs the agent still has that it must stop: finished, lost, or not ours."""
-        if not seen:
-            return set()
-        live = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(seen)))}
-        return {i for i in seen if i not in live or live[i].node != node
-                or live[i].phase not in ACTIVE}  # fmt: skip
+    async def flush_heartbeats(self) -> None:
+        """Write buffered heartbeats every FLUSH_SECONDS, all in one transaction: at
+        hundreds of heartbeats a second, one commit each would be the bottleneck.
+        Run by the controller's task group; without it heartbeats are written at once."""
+        self._flushing = True
+        try:
+            while True:
+                await anyio.sleep(FLUSH_SECONDS)
+                if not self._pending:
+                    continue
+                batch, self._pending = self._pending, {}
+                try:
+                    await self._run(self._write_beats, batch)
+                except Exception:  # a database outage: keep the newest beats, try again
+                    log.exception("writing %d heartbeat(s) failed; retrying", len(batch))
+                    self._pending = {**batch, **self._pending}
+                    continue
+                if any(beat.fresh for beat in batch.values()):
+                    self.changed()  # a node came (back) up: there may be work for it
+        finally:
+            self._flushing = False
+
+    def _write_beats(self, batch: dict[int, Beat]) -> None:
+        # Plain UPDATEs: these columns are the agent's alone, so a heartbeat never
+        # collides with the scheduler's versioned writes to the same row.
+        table = cast(Table, Node.__table__)
+        statement = (
+            update(table).where(table.c.id == bindparam("node_id"))
+            .values(last_heartbeat_at=bindparam("at"), inventory=bindparam("inv"))
+        )  # fmt: skip
+        rows = [{"node_id": k, "at": b.at, "inv": b.inventory} for k, b in batch.items()]
+        with self.store.write() as session:
+            session.execute(statement, rows)
+
+    async def _node_state(self, name: str, token: str) -> NodeState:
+        """Who the token is and what the node holds, from the in-memory tables
+        (`heartbeats.Identities`, `heartbeats.NodeTable`)."""
+        if not token:
+            raise AgentError(401, "an agent needs its node token: Authorization: Bearer <token>")
+        identity = await self._identities.lookup(token_digest(token))
+        if identity is None or identity[0] != "node":
+            raise AgentError(401, "invalid or revoked node token")
+        if identity[1] != name:
+            raise AgentError(403, f"this token is node {identity[1]}'s; it cannot act for {name}")
+        state = await self._node_table.get(name)
+        if state is None:
+            raise _no_manifest(name)
+        return state
 
     async def assignments(self, request: Request) -> Response:
         name, token = request.path_params["node"], bearer(request)
@@ -231,6 +286,11 @@ class AgentApi:
                               message=f"run {run.id[:8]} on {name}: {detail}".rstrip(": "),
                               now=now)  # fmt: skip
             return {"stop": False, "finished": phase in FINISHED}
+
+
+def _no_manifest(name: str) -> AgentError:
+    return AgentError(403, f"node {name} has no merged Node manifest: add nodes/{name}.yaml "
+                           "to the manifests repository and merge it")  # fmt: skip
 
 
 async def _json(request: Request) -> dict[str, Any]:

@@ -106,6 +106,19 @@ def assign(
 ) -> AssignOutcome:
     """Bind what can run now. The caller commits (inside the scheduling lock)."""
     now = now or utcnow()
+    candidates = session.scalars(select(Job).where(
+        Job.deleted_at.is_(None), Job.phase == "Pending", Job.generation > 0,
+    )).all()  # fmt: skip
+    pending: list[tuple[Job, schemas.TrainingJob]] = []
+    for job in candidates:
+        spec = job_spec(job)
+        if spec is None or spec.spec.suspend:
+            continue
+        if job.next_attempt_at is not None and job.next_attempt_at > now:
+            continue
+        pending.append((job, spec))
+    if not pending:  # the usual pass: nothing waits, so no node needs reading
+        return AssignOutcome(0, 0, frozenset())
     nodes = list(
         session.scalars(select(Node).where(Node.deleted_at.is_(None), Node.generation > 0))
     )
@@ -125,17 +138,6 @@ def assign(
     }
     views = [_node_view(n, held.get(n.name, []), is_ready(n, now, grace), checksums)
              for n in nodes]  # fmt: skip
-    candidates = session.scalars(select(Job).where(
-        Job.deleted_at.is_(None), Job.phase == "Pending", Job.generation > 0,
-    )).all()  # fmt: skip
-    pending: list[tuple[Job, schemas.TrainingJob]] = []
-    for job in candidates:
-        spec = job_spec(job)
-        if spec is None or spec.spec.suspend:
-            continue
-        if job.next_attempt_at is not None and job.next_attempt_at > now:
-            continue
-        pending.append((job, spec))
     result = planning.schedule([_pending_view(j, s) for j, s in pending], views,
                                gpus_in_use=in_use)  # fmt: skip
     jobs = {job.name: job for job, _ in pending}

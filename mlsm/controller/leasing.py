@@ -24,7 +24,7 @@ from mlsm.controller.transitions import ACTIVE, job_spec, set_job_phase, set_run
 from mlsm.store import Job, Node, Run
 from mlsm.store.types import utcnow
 
-__all__ = ["Leases", "check_leases", "finish_failed_run"]
+__all__ = ["LeaseChanges", "Leases", "check_leases", "finish_failed_run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +65,37 @@ def finish_failed_run(
         set_job_phase(session, job, "Failed", reason=reason, message=message, now=now)
 
 
-def check_leases(session: Session, leases: Leases, now: dt.datetime | None = None) -> bool:
-    """Apply every time-driven change; returns whether anything changed (so the
-    caller runs a scheduling pass and wakes the agents' long polls)."""
+@dataclass(frozen=True, slots=True)
+class LeaseChanges:
+    """What a lease check changed: node conditions, and runs (which their agents must
+    hear about). True when anything changed."""
+
+    conditions: bool = False
+    runs: bool = False
+
+    def __bool__(self) -> bool:
+        return self.conditions or self.runs
+
+
+def check_leases(session: Session, leases: Leases, now: dt.datetime | None = None) -> LeaseChanges:
+    """Apply every time-driven change: node readiness, lost nodes' runs, maxDuration,
+    suspend. The caller runs a scheduling pass after any change, and wakes the agents'
+    long polls after a change to runs."""
     now = now or utcnow()
-    changed = False
-    for node in session.scalars(select(Node).where(Node.deleted_at.is_(None))):
-        if node.last_heartbeat_at is None:
+    changed = conditions_changed = False
+    # Columns first: a pass runs every second over every node, and most have nothing
+    # to change; only those that do are loaded whole.
+    for node_id, last_heartbeat_at, conditions in session.execute(
+        select(Node.id, Node.last_heartbeat_at, Node.conditions).where(Node.deleted_at.is_(None))
+    ).all():
+        if last_heartbeat_at is None:
             continue
-        silent = now - node.last_heartbeat_at
+        silent = now - last_heartbeat_at
         ready = silent <= leases.grace
-        known = condition(node.conditions, "Ready") or {}
+        known = condition(conditions, "Ready") or {}
+        if known.get("status") == ("True" if ready else "False") and silent <= leases.lost:
+            continue
+        node = session.get_one(Node, node_id)
         if known.get("status") != ("True" if ready else "False"):
             message = (
                 "heartbeats are arriving"
@@ -100,7 +120,7 @@ def check_leases(session: Session, leases: Leases, now: dt.datetime | None = Non
                 actor="controller",
                 now=now,
             )
-            changed = True
+            conditions_changed = True
         if silent > leases.lost:
             for run in session.scalars(
                 select(Run).where(Run.node == node.name, Run.phase.in_(ACTIVE))
@@ -174,4 +194,4 @@ def check_leases(session: Session, leases: Leases, now: dt.datetime | None = Non
             ).first()
             if holder is not None:
                 holder.assignment_revision += 1
-    return changed
+    return LeaseChanges(conditions=conditions_changed, runs=changed)

@@ -170,6 +170,11 @@ def _sqlite_engine(url: str, database: str | None, options: dict[str, Any]) -> E
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     options.setdefault("connect_args", {}).setdefault("timeout", 30)
+    if database and database != ":memory:":
+        # Enough pooled connections for the API's worker threads: a connection made
+        # per request (overflow) costs more than the query it serves.
+        options.setdefault("pool_size", 20)
+        options.setdefault("max_overflow", 20)
     engine = create_engine(url, **options)
 
     @event.listens_for(engine, "connect")

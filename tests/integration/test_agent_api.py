@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mlsm.controller.agents import AgentApi
+from mlsm.controller import heartbeats
+from mlsm.controller.agents import FLUSH_SECONDS, AgentApi
 from mlsm.controller.api import create_app
 from mlsm.controller.assigning import assign
 from mlsm.controller.sources import open_source
@@ -152,3 +153,47 @@ def test_a_binding_wakes_a_waiting_long_poll(store: Store) -> None:
             return float(result["at"] - bound_at)
 
     assert anyio.run(scenario) < 1.0
+
+
+def test_a_revoked_token_is_refused_once_the_token_table_reloads(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents = AgentApi(store)
+    beat = {"json": {"inventory": INVENTORY}}
+    assert call(store, agents, "POST", "/n1/heartbeat", "n1-token", **beat).status_code == 200
+    with store.write() as session:
+        row = session.scalars(select(Token).where(Token.node == "n1")).one()
+        row.revoked_at = dt.datetime.now(dt.UTC)
+    # Within TOKEN_SECONDS the cached table still admits it; past them, it is refused.
+    assert call(store, agents, "POST", "/n1/heartbeat", "n1-token", **beat).status_code == 200
+    monkeypatch.setattr(heartbeats, "TOKEN_SECONDS", 0.0)
+    refused = call(store, agents, "POST", "/n1/heartbeat", "n1-token", **beat)
+    assert refused.status_code == 401
+    assert "invalid or revoked" in refused.json()["error"]
+
+
+def test_heartbeats_written_behind_land_in_one_flush(store: Store) -> None:
+    agents = AgentApi(store)
+
+    async def go() -> None:
+        app = create_app(store, agents=agents)
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.9", 5000))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(agents.flush_heartbeats)
+            await anyio.sleep(0)
+            async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+                response = await client.post(
+                    "/api/v1/agent/nodes/n1/heartbeat", json={"inventory": INVENTORY},
+                    headers={"Authorization": "Bearer n1-token"},
+                )  # fmt: skip
+                assert response.status_code == 200
+            with store.read() as session:  # not yet: buffered
+                assert session.scalars(select(Node).where(Node.name == "n1")).one().inventory == {}
+            await anyio.sleep(FLUSH_SECONDS * 3)
+            tasks.cancel_scope.cancel()
+        with store.read() as session:
+            node = session.scalars(select(Node).where(Node.name == "n1")).one()
+            assert node.inventory == INVENTORY
+            assert node.last_heartbeat_at is not None
+
+    anyio.run(go)

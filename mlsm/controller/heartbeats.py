@@ -1,0 +1,138 @@
+"""What the heartbeat path keeps in memory so that a heartbeat in the steady state
+reads nothing from the database and writes with hundreds of others in one commit.
+
+- `Identities`: every live node token's digest → (role, node), loaded in one query
+  and reloaded every TOKEN_SECONDS (so a revoked token stops working within that
+  time), or at once, at most once a second, when an unknown token shows up.
+- `NodeTable`: every admitted node's id, assignment revision, last heartbeat, active
+  runs and catalog datasets, loaded in three queries. A binding, a lease change or a
+  sync calls `forget()`; the next heartbeat reloads the whole table once (single
+  flight), never once per node.
+- `Beat`: a heartbeat waiting to be written (`AgentApi.flush_heartbeats`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import select
+
+from mlsm.controller.transitions import ACTIVE
+from mlsm.store import Node, Run, Store, Token
+
+__all__ = ["Beat", "Identities", "NodeState", "NodeTable"]
+
+TOKEN_SECONDS = 10.0
+UNKNOWN_TOKEN_RELOAD_SECONDS = 1.0
+NODE_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class Beat:
+    at: dt.datetime
+    inventory: dict[str, Any]
+    fresh: bool
+    """The node had not beaten within the grace period: it (re)joins the fleet."""
+
+
+@dataclass(slots=True)
+class NodeState:
+    id: int
+    revision: int
+    last_beat: dt.datetime | None
+    active: frozenset[str]
+    datasets: dict[str, dict[str, str]]
+
+
+class Identities:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._table: dict[str, tuple[str, str]] = {}
+        self._loaded = -1e9
+        self._lock = anyio.Lock()
+
+    async def lookup(self, digest: str) -> tuple[str, str] | None:
+        """(role, node) of a live token by its sha256 digest, or None."""
+        age = time.monotonic() - self._loaded
+        if age > TOKEN_SECONDS or (
+            digest not in self._table and age > UNKNOWN_TOKEN_RELOAD_SECONDS
+        ):
+            await self._reload()
+        return self._table.get(digest)
+
+    async def _reload(self) -> None:
+        loaded = self._loaded
+        async with self._lock:
+            if self._loaded != loaded:
+                return  # another request reloaded it while this one waited
+            self._table = await anyio.to_thread.run_sync(self._load)
+            self._loaded = time.monotonic()
+
+    def _load(self) -> dict[str, tuple[str, str]]:
+        with self.store.read() as session:
+            rows = session.execute(
+                select(Token.digest, Token.role, Token.node).where(Token.revoked_at.is_(None))
+            )
+            return {digest: (role, node or "") for digest, role, node in rows}
+
+
+class NodeTable:
+    def __init__(
+        self, store: Store, datasets: Callable[[Any], dict[str, dict[str, dict[str, str]]]]
+    ) -> None:
+        self.store = store
+        self._datasets = datasets
+        self._table: dict[str, NodeState] | None = None
+        self._loaded = 0.0
+        self._generation = 0
+        self._lock = anyio.Lock()
+
+    def forget(self) -> None:
+        self._generation += 1
+        self._table = None
+
+    async def get(self, name: str) -> NodeState | None:
+        """The admitted node's state, or None when it has no merged Node manifest."""
+        table = self._table
+        if table is None or time.monotonic() - self._loaded > NODE_SECONDS:
+            table = await self._reload()
+        return table.get(name)
+
+    async def _reload(self) -> dict[str, NodeState]:
+        async with self._lock:
+            if self._table is not None and time.monotonic() - self._loaded <= NODE_SECONDS:
+                return self._table  # another request reloaded it while this one waited
+            generation = self._generation
+            table = await anyio.to_thread.run_sync(self._load)
+            if generation == self._generation:  # not forgotten while loading
+                self._table, self._loaded = table, time.monotonic()
+            return table
+
+    def _load(self) -> dict[str, NodeState]:
+        with self.store.read() as session:
+            active: dict[str, set[str]] = {}
+            for run_id, node in session.execute(
+                select(Run.id, Run.node).where(Run.phase.in_(ACTIVE))
+            ):
+                active.setdefault(node or "", set()).add(run_id)
+            catalog = self._datasets(session)
+            rows = session.execute(
+                select(Node.id, Node.name, Node.assignment_revision, Node.last_heartbeat_at)
+                .where(Node.deleted_at.is_(None), Node.generation > 0)
+            )  # fmt: skip
+            return {
+                name: NodeState(
+                    id=node_id,
+                    revision=revision,
+                    last_beat=last,
+                    active=frozenset(active.get(name, ())),
+                    datasets=catalog.get(name, {}),
+                )
+                for node_id, name, revision, last in rows
+            }
