@@ -52,6 +52,7 @@ bench: $(STAMP) system
 	$(BIN)/python bench/trainer.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/heartbeats.py
+	$(BIN)/python bench/job_start.py
 
 run: $(STAMP)
 	@echo "mlsmctl up (a whole installation on this machine) is not built yet: issue 8."
