@@ -133,10 +133,17 @@ def describe(obj: dict[str, Any]) -> str:
     if "runs" in obj:
         lines.append("Runs:")
         runs = obj["runs"]
-        lines += _indent(_grid(["ID", "ATTEMPT", "NODE", "PHASE", "REASON", "AGE"], [
-            [r["id"][:8], str(r["attempt"]), r["node"] or "-", r["phase"], r["reason"] or "-",
-             age(r["createdAt"])] for r in runs
+        header = ["ID", "ATTEMPT", "NODE", "GPUS", "PHASE", "REASON", "EXIT", "AGE"]
+        lines += _indent(_grid(header, [
+            [r["id"][:8], str(r["attempt"]), r["node"] or "-",
+             ",".join(map(str, r.get("gpus") or [])) or "-", r["phase"], r["reason"] or "-",
+             "-" if r.get("exitCode") is None else str(r["exitCode"]), age(r["createdAt"])]
+            for r in runs
         ]) if runs else "<none>")  # fmt: skip
+        last = runs[-1] if runs else None
+        if last is not None and last["phase"] in ("Failed", "Lost") and last.get("message"):
+            lines.append(f"Last run ({last['id'][:8]}) {last['reason'] or last['phase']}:")
+            lines += _indent(last["message"].rstrip())
     lines.append("Events:")
     events = obj.get("events", [])
     lines += _indent(_grid(["AGE", "TYPE", "REASON", "BY", "MESSAGE"], [

@@ -149,6 +149,15 @@ def test_jobs_succeed_fail_retry_and_stop_at_max_duration(
     assert bad[0]["exitCode"] == 3
     assert "boom" in bad[0]["message"]
     assert get_job(client, "bad")["status"]["restarts"] == 1
+    page = subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", "describe", "job", "bad"], capture_output=True,
+        text=True, env={**os.environ, "MLSM_SERVER": str(client.base_url)}, check=True,
+    ).stdout  # fmt: skip
+    assert "Runs:" in page
+    assert page.count(" Failed ") >= 2
+    assert "Last run (" in page
+    assert "exit code 3; last output:" in page
+    assert "boom" in page
 
     wait_phase(client, "slow", "Failed")
     [slow] = runs_of(client, "slow")
