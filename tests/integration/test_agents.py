@@ -171,32 +171,48 @@ def test_jobs_succeed_fail_retry_and_stop_at_max_duration(
     assert len(envs) == 1
 
 
-def test_a_job_waits_for_a_gpu_and_runs_when_another_is_cancelled_from_git(
+# Runs until its output dir holds a file named 'finish' (the test's switch).
+UNTIL_TOLD = (
+    "import os, time; "
+    "flag = os.path.join(os.environ['MLSM_OUTPUT_DIR'], 'finish'); "
+    "exec('while not os.path.exists(flag): time.sleep(0.05)')"
+)
+
+
+def test_a_job_waits_for_a_gpu_runs_when_it_frees_and_is_cancelled_from_git(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],
     repo: GitRepo,
     database_url: str,
 ) -> None:
     client, agents = started(start, start_agent, repo, database_url, {"n1": 1})
-    repo.write("jobs/first.yaml", job("first", REPORT_ENV + "import time; time.sleep(120)"))
+    repo.write("jobs/first.yaml", job("first", REPORT_ENV + UNTIL_TOLD))
     repo.commit("first")
     wait_phase(client, "first", "Running")
-    seen = agents["n1"].root / "jobs/first/output/seen.json"
-    wait_for(seen.is_file)
-    pid = json.loads(seen.read_text())["pid"]
+    outputs = agents["n1"].root / "jobs"
+    wait_for((outputs / "first/output/seen.json").is_file)
 
-    repo.write("jobs/second.yaml", job("second", "print('second ran')"))
+    repo.write("jobs/second.yaml", job("second", REPORT_ENV + "import time; time.sleep(120)"))
     repo.commit("second")
     wait_for(lambda: "Unschedulable" in str(get_job(client, "second")["status"]["conditions"]))
     conditions = get_job(client, "second")["status"]["conditions"]
     message = next(c["message"] for c in conditions if c["type"] == "Scheduled")
     assert message == "0/1 nodes available: 1 insufficient GPUs"
+    assert phase(client, "second") == "Pending"
 
-    repo.remove("jobs/first.yaml")
-    repo.commit("cancel first")
-    wait_phase(client, "second", "Succeeded")
-    assert phase(client, "first") == "Cancelled"
+    (outputs / "first/output/finish").write_text("")  # the first job ends; its GPU frees
+    wait_phase(client, "first", "Succeeded")
+    wait_phase(client, "second", "Running")
+    wait_for((outputs / "second/output/seen.json").is_file)
+    pid = json.loads((outputs / "second/output/seen.json").read_text())["pid"]
+    assert alive(pid)
+
+    repo.remove("jobs/second.yaml")
+    repo.commit("cancel second")
+    wait_phase(client, "second", "Cancelled")
     wait_for(lambda: not alive(pid), timeout=10)
+    [run] = runs_of(client, "second")
+    assert (run["phase"], run["reason"]) == ("Cancelled", "Pruned")
 
 
 def test_a_silent_node_loses_its_run_and_its_stale_copy_is_stopped_when_it_returns(
