@@ -84,6 +84,8 @@ class Agent:
         self.stop: set[str] = set()
         self.catalog: dict[str, dict[str, str]] = {}
         self._scanned: dict[str, ScanResult] = {}
+        self._scanned_catalog: dict[str, dict[str, str]] | None = None
+        self._scanned_at = 0.0
         self._wake = anyio.Event()
         self._complaints: dict[str, str] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -148,16 +150,24 @@ class Agent:
             await anyio.sleep(self.settings.heartbeat_interval)
 
     def inventory(self) -> dict[str, Any]:
-        """The heartbeat's inventory (blocking: dataset scans read the disk)."""
-        scanned: dict[str, ScanResult] = {}
-        for name, where in sorted(self.catalog.items()):
-            result = self.scanner.scan(str(where.get("path", "")), str(where.get("format", "")))
-            if result is not None:
-                scanned[name] = result
-        self.scanner.save()
-        self._scanned = scanned
+        """The heartbeat's inventory (blocking: dataset scans read the disk). Datasets
+        are rescanned when the catalog changes and every `dataset_rescan` seconds,
+        not on every heartbeat: walking a million-file tree every 5 s would cost more
+        than the digests the cache saves."""
+        now = self.clock()
+        if self.catalog != self._scanned_catalog or now - self._scanned_at >= (
+            self.settings.dataset_rescan
+        ):
+            scanned: dict[str, ScanResult] = {}
+            for name, where in sorted(self.catalog.items()):
+                path, format = str(where.get("path", "")), str(where.get("format", ""))
+                result = self.scanner.scan(path, format)
+                if result is not None:
+                    scanned[name] = result
+            self.scanner.save()
+            self._scanned, self._scanned_catalog, self._scanned_at = scanned, self.catalog, now
         return host_inventory(self.root, gpus=self.gpus or [], runtimes=self.settings.runtimes,
-                              datasets=scanned)  # fmt: skip
+                              datasets=self._scanned)  # fmt: skip
 
     async def _assignment_loop(self) -> None:
         backoff = 0.5

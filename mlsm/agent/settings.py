@@ -34,6 +34,9 @@ class AgentSettings(BaseModel):
     heartbeat_interval: float = Field(default=5.0, gt=0, le=300)
     stop_grace: float = Field(default=10.0, ge=0, le=3600,
                               description="Seconds between SIGTERM and SIGKILL.")  # fmt: skip
+    dataset_rescan: float = Field(default=60.0, ge=1, le=86_400,
+                                  description="Seconds between dataset scans (a catalog "
+                                  "change scans at once).")  # fmt: skip
     long_poll: float = Field(default=30.0, gt=0, le=60)
     gpus_file: Path | None = Field(default=None, description="A JSON list of GPUs to report "
                                    "instead of asking NVML or nvidia-smi.")  # fmt: skip
