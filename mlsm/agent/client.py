@@ -14,11 +14,15 @@ import httpx
 from mlsm import __version__
 from mlsm.errors import MlsmError
 
-__all__ = ["ControllerClient", "Refused", "Unreachable"]
+__all__ = ["ControllerClient", "Gone", "Refused", "Unreachable"]
 
 
 class Unreachable(MlsmError):
     """The controller did not answer; the loop retries with backoff."""
+
+
+class Gone(MlsmError):
+    """The controller does not know the thing asked about (404)."""
 
 
 class Refused(MlsmError):
@@ -57,6 +61,12 @@ class ControllerClient:
         _raise_for(response)
         return True
 
+    async def output(self, run: str, stream: str, lines: list[tuple[int, str]], end: int) -> int:
+        """Ship a batch of a run's log lines or metric records; the offset held."""
+        body = await self._call("POST", f"/runs/{run}/output",
+                                json={"stream": stream, "lines": lines, "end": end})  # fmt: skip
+        return int(body["offset"])
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = await self._send(method, path, **kwargs)
         _raise_for(response)
@@ -83,4 +93,6 @@ def _raise_for(response: httpx.Response) -> None:
         message = response.text[:200]
     if response.status_code in (401, 403):
         raise Refused(response.status_code, message)
+    if response.status_code == 404:
+        raise Gone(message)
     raise Unreachable(f"the controller answered {response.status_code}: {message}")

@@ -15,13 +15,13 @@ refusing the agent is logged once (with what to do) and retried.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,14 @@ import anyio.to_thread
 
 from mlsm import schemas
 from mlsm.agent import reconciling
-from mlsm.agent.client import ControllerClient, Refused, Unreachable
+from mlsm.agent.client import ControllerClient, Gone, Refused, Unreachable
 from mlsm.agent.datasets import DatasetScanner, ScanResult, resolve_under
 from mlsm.agent.gpus import Gpu, discover_gpus
 from mlsm.agent.inventory import host_inventory
 from mlsm.agent.reconciling import Observed, Outcome
+from mlsm.agent.records import RunRecord, load_records
 from mlsm.agent.settings import AgentSettings
+from mlsm.agent.shipping import read_lines
 from mlsm.agent.venvs import EnvBuildFailed, Launch, RunProcess, StartFailed, VenvRuntime, tail
 
 __all__ = ["Agent"]
@@ -44,6 +46,7 @@ __all__ = ["Agent"]
 log = logging.getLogger("mlsm.agent")
 
 RECONCILE_SECONDS = 0.5
+SHIP_SECONDS = 0.25
 DONE_KEPT = 10_000
 
 
@@ -54,6 +57,7 @@ class LocalRun:
     observed: Observed = field(default_factory=lambda: Observed("preparing"))
     process: RunProcess | None = None
     cancelled: bool = False
+    record: RunRecord | None = None
 
     @property
     def job(self) -> str:
@@ -89,6 +93,7 @@ class Agent:
         self._wake = anyio.Event()
         self._complaints: dict[str, str] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._shipping: dict[str, RunRecord] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -100,8 +105,10 @@ class Agent:
             gpus, source = await anyio.to_thread.run_sync(discover_gpus, self.settings.gpus_file)
             log.info("node %s: %d GPU(s) (%s)", self.settings.node, len(gpus), source)
             self.gpus = gpus
+        self._adopt()
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            tasks.start_soon(self._ship_loop)
             tasks.start_soon(self._heartbeat_loop)
             tasks.start_soon(self._assignment_loop)
             tasks.start_soon(self._reconcile_loop)
@@ -214,12 +221,17 @@ class Agent:
                 continue
             code = run.process.poll()
             if code is not None:
-                run.observed = replace(
-                    run.observed, state="exited", outcome=self._outcome(run, code)
-                )
+                outcome = self._outcome(run, code)
+                run.observed = replace(run.observed, state="exited", outcome=outcome)
                 log.info("run %s of job %s exited with %s", run.id[:8], run.job, code)
+                if run.record is not None:
+                    run.record.ended, run.record.outcome = True, asdict(outcome)
+                    run.record.save(self.settings.state)
 
     def _outcome(self, run: LocalRun, code: int) -> Outcome:
+        if run.process is not None and run.process.unknown:
+            return Outcome("Failed", "Unknown", "it ended while the agent was down, and its "
+                           "exit status was lost (was its process group killed?)")  # fmt: skip
         if code == 0:
             return Outcome("Succeeded", "Completed", "exit code 0", 0)
         last = tail(self._run_dir(run.id) / "output.log", lines=3, limit=1024)
@@ -256,15 +268,19 @@ class Agent:
             case reconciling.Report(run=run_id, phase=phase, outcome=outcome):
                 await self._report(self.runs[run_id], phase, outcome)
             case reconciling.Forget(run=run_id):
-                self.runs.pop(run_id, None)
+                run = self.runs.pop(run_id)
                 self.stop.discard(run_id)
                 self.done[run_id] = None
                 while len(self.done) > DONE_KEPT:
                     del self.done[next(iter(self.done))]
-                (self.settings.state / "runs" / f"{run_id}.json").unlink(missing_ok=True)
+                if run.record is not None:  # the shipper removes it once all is shipped
+                    run.record.forgotten = True
+                    run.record.save(self.settings.state)
 
     async def _report(self, run: LocalRun, phase: str, outcome: Outcome | None) -> None:
         body: dict[str, Any] = {"phase": phase}
+        if phase == "Running":
+            body["outputDir"] = str(self._output_dir(run.job))
         if outcome is not None:
             body.update(reason=outcome.reason, message=outcome.message, exitCode=outcome.exit_code)
         try:
@@ -275,6 +291,9 @@ class Agent:
         self._recovered("report")
         if accepted:
             run.observed = replace(run.observed, reported=phase)
+            if run.record is not None:
+                run.record.reported = phase
+                run.record.save(self.settings.state)
         else:  # fenced: the controller has moved on from this run
             log.warning("run %s of job %s is stale (the controller moved on): stopping it",
                         run.id[:8], run.job)  # fmt: skip
@@ -286,6 +305,9 @@ class Agent:
     def _run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
+    def _output_dir(self, job: str) -> Path:
+        return self.root / "jobs" / job / "output"
+
     def _launch_for(self, run: LocalRun) -> Launch:
         spec = schemas.TrainingJobSpec.model_validate(run.assignment.get("spec", {}))
         venv = spec.runtime.venv
@@ -294,7 +316,7 @@ class Agent:
         if spec.command is None:
             raise StartFailed("the built-in trainer is not run by this agent yet (issue 8)")
         directory = self._run_dir(run.id)
-        output = self.root / "jobs" / run.job / "output"
+        output = self._output_dir(run.job)
         output.mkdir(parents=True, exist_ok=True)
         gpus = [int(i) for i in run.assignment.get("gpus", [])]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
@@ -348,11 +370,76 @@ class Agent:
                                outcome=Outcome("Failed", reason, message))  # fmt: skip
 
     def _record(self, run: LocalRun, launch: Launch) -> None:
-        """The run's pid and start in the state dir, for adoption after a restart."""
+        """Remember the run in the state dir: for adoption after a restart, and for
+        shipping its output."""
         assert run.process is not None
-        records = self.settings.state / "runs"
-        records.mkdir(parents=True, exist_ok=True)
-        (records / f"{run.id}.json").write_text(json.dumps({
-            "run": run.id, "job": run.job, "pid": run.process.pid, "log": str(launch.log),
-            "startedAt": time.time(),
-        }))  # fmt: skip
+        run.record = RunRecord(
+            run=run.id, job=run.job, pid=run.process.pid, pid_start=run.process.pid_start,
+            directory=str(launch.cwd), assignment=run.assignment,
+        )  # fmt: skip
+        run.record.save(self.settings.state)
+        self._shipping[run.id] = run.record
+
+    # restarts ------------------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        """Take back the runs recorded in the state dir: still running (adopted, not
+        started again), ended while the agent was down (reported now), or finished
+        with output left to ship."""
+        for record in load_records(self.settings.state):
+            self._shipping[record.run] = record
+            if record.forgotten:
+                self.done[record.run] = None
+                continue
+            run = LocalRun(record.run, record.assignment, record=record)
+            run.process = RunProcess(record.pid, record.status, record.pid_start)
+            reported = record.reported or "Running"
+            if record.ended and record.outcome is not None:
+                outcome = Outcome(**record.outcome)
+                run.observed = Observed("exited", reported=reported, outcome=outcome)
+            else:
+                run.observed = Observed("running", reported=reported)
+                log.info("run %s of job %s: adopted (pid %d%s)", run.id[:8], run.job,
+                         record.pid, "" if record.alive() else ", ended while the agent "
+                         "was down")  # fmt: skip
+            self.runs[run.id] = run
+
+    # shipping ------------------------------------------------------------------------
+
+    async def _ship_loop(self) -> None:
+        while True:
+            for record in list(self._shipping.values()):
+                try:
+                    await self._ship(record)
+                except Refused as exc:
+                    self._complain("ship", f"cannot ship run {record.run[:8]}'s output: {exc}")
+                except Gone:  # the controller has no such run (a new database): stop trying
+                    log.warning("run %s is unknown to the controller: its output stays in %s",
+                                record.run[:8], record.directory)  # fmt: skip
+                    self._shipping.pop(record.run, None)
+                    record.remove(self.settings.state)
+                except Unreachable as exc:
+                    self._complain("ship", f"cannot ship output: {exc}; retrying")
+                    break
+            await anyio.sleep(SHIP_SECONDS)
+
+    async def _ship(self, record: RunRecord) -> None:
+        for stream, path in (("log", record.log), ("metrics", record.metrics)):
+            while True:
+                offset = record.log_offset if stream == "log" else record.metrics_offset
+                final = record.ended
+                lines, end = await anyio.to_thread.run_sync(
+                    functools.partial(read_lines, path, offset, final=final)
+                )
+                if end == offset:
+                    break
+                held = await self.client.output(record.run, stream, lines, end)
+                self._recovered("ship")
+                if stream == "log":
+                    record.log_offset = held
+                else:
+                    record.metrics_offset = held
+                record.save(self.settings.state)
+        if record.forgotten and record.ended:
+            self._shipping.pop(record.run, None)
+            record.remove(self.settings.state)

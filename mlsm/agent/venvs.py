@@ -24,11 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlsm.agent import shim
+from mlsm.agent.records import process_start
 from mlsm.errors import MlsmError
 
 __all__ = ["EnvBuildFailed", "Launch", "RunProcess", "StartFailed", "VenvRuntime", "tail"]
 
 READY = ".mlsm-ready"
+SHIM = shim.__file__
 
 
 class EnvBuildFailed(MlsmError):
@@ -55,15 +58,33 @@ class Launch:
 
 @dataclass(slots=True)
 class RunProcess:
-    """A started job: a process group led by `pid`."""
+    """A started job: its shim leads the run's process group (`shim.py`)."""
 
     pid: int
+    status: Path
+    """Where the shim writes the job's exit status."""
+    pid_start: int | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    unknown: bool = False
+    """It ended while no agent watched, and its shim could not write the status."""
 
     def poll(self) -> int | None:
-        """The exit status once the process has ended (negative: killed by that signal)."""
-        assert self.popen is not None
-        return self.popen.poll()
+        """The exit status once the job has ended (negative: killed by that signal)."""
+        if self.popen is not None:
+            if self.popen.poll() is None:
+                return None
+        else:  # adopted after a restart: not our child, so watch /proc
+            start = process_start(self.pid)
+            if start is not None and (self.pid_start is None or start == self.pid_start):
+                return None
+        try:
+            return int(json.loads(self.status.read_text())["exitCode"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if self.popen is not None:  # the shim itself was killed (SIGKILL to the group)
+            return self.popen.returncode
+        self.unknown = True
+        return -1
 
     def signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):  # already gone
@@ -186,13 +207,15 @@ class VenvRuntime:
                               f"(looked in the environment's bin and PATH)")  # fmt: skip
         launch.cwd.mkdir(parents=True, exist_ok=True)
         launch.log.parent.mkdir(parents=True, exist_ok=True)
+        status = launch.cwd / "exit-status.json"
+        status.unlink(missing_ok=True)
         with launch.log.open("ab") as out:
             try:
                 popen = subprocess.Popen(
-                    [program, *launch.argv[1:]], cwd=launch.cwd, env=env,
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True,
+                    [sys.executable, "-I", SHIM, str(status), "--", program, *launch.argv[1:]],
+                    cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
             except OSError as exc:
                 raise StartFailed(f"cannot start '{launch.argv[0]}': {exc.strerror}") from None
-        return RunProcess(popen.pid, popen)
+        return RunProcess(popen.pid, status, process_start(popen.pid), popen)

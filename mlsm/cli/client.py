@@ -31,6 +31,10 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, params={k: v for k, v in params.items() if v})
 
+    def read(self, path: str, params: dict[str, Any], *, timeout: float = 30) -> Any:
+        """GET with the parameters as given (zeros included)."""
+        return self._request("GET", path, params=params, timeout=timeout)
+
     def post(self, path: str, body: Any) -> Any:
         return self._request("POST", path, json=body)
 

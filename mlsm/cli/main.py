@@ -12,7 +12,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -241,6 +241,95 @@ def describe(
     """Show one object: spec, status, conditions, the commit that last changed it, its
     runs and recent events."""
     typer.echo(views.describe(Client(server, token).object(_kind(kind), name)))
+
+
+def _run_of(client: Client, name: str, run: str | None) -> dict[str, Any]:
+    """The job's run by id (or id prefix), or its latest."""
+    job = client.object("TrainingJob", name)
+    runs = job.get("runs") or []
+    if not runs:
+        phase = job["status"].get("phase", "Pending")
+        raise UserError(f"job {name} has not run yet (phase {phase}); "
+                        f"`mlsmctl describe job {name}` says why")  # fmt: skip
+    if run is None:
+        return dict(max(runs, key=lambda r: (r["attempt"], r["createdAt"] or "")))
+    chosen = [r for r in runs if r["id"].startswith(run)]
+    if len(chosen) != 1:
+        known = ", ".join(r["id"][:8] for r in runs)
+        raise UserError(f"job {name} has {'no' if not chosen else 'more than one'} run "
+                        f"'{run}'; its runs: {known}")  # fmt: skip
+    return dict(chosen[0])
+
+
+@app.command()
+def logs(
+    kind: Annotated[str, typer.Argument(help="job.", show_default=False)],
+    name: Annotated[str, typer.Argument(show_default=False)],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines "
+                                         "until the run ends.")] = False,
+    run: Annotated[str | None, typer.Option("--run", show_default=False,
+                                            help="A run's id or its first characters "
+                                            "(default: the latest run).")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", show_default=False,
+                                             help="Only the last N lines.")] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    version: VersionOption = False,
+) -> None:  # fmt: skip
+    """Print a job's output (stdout and stderr, as its agent shipped it), as
+    `kubectl logs` does."""
+    if _kind(kind) != "TrainingJob":
+        raise UsageError("logs belong to jobs: mlsmctl logs job NAME")
+    client = Client(server, token)
+    chosen = _run_of(client, name, run)
+    path = f"/runs/{chosen['id']}/logs"
+    after = -1
+    if tail is not None:
+        page = client.read(path, {"tail": max(tail, 0)})
+        views.print_lines(page["lines"])
+        after = page["next"]
+    else:
+        while True:
+            page = client.read(path, {"after": after, "limit": 1000})
+            views.print_lines(page["lines"])
+            after = page["next"]
+            if len(page["lines"]) < 1000:
+                break
+    quiet = 0
+    while follow:
+        page = client.read(path, {"after": after, "limit": 1000, "wait": 10}, timeout=40)
+        views.print_lines(page["lines"])
+        after = page["next"]
+        if page["lines"]:
+            quiet = 0
+        elif page["finished"]:
+            quiet += 1  # the run has ended: its last lines may still be on their way
+            if quiet >= 2:
+                break
+
+
+@app.command()
+def metrics(
+    kind: Annotated[str, typer.Argument(help="job.", show_default=False)],
+    name: Annotated[str, typer.Argument(show_default=False)],
+    run: Annotated[str | None, typer.Option("--run", show_default=False,
+                                            help="A run's id or its first characters "
+                                            "(default: the latest run).")] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    version: VersionOption = False,
+) -> None:  # fmt: skip
+    """The last value of each metric per epoch, from the records the job wrote to
+    $MLSM_METRICS_FILE."""
+    if _kind(kind) != "TrainingJob":
+        raise UsageError("metrics belong to jobs: mlsmctl metrics job NAME")
+    client = Client(server, token)
+    chosen = _run_of(client, name, run)
+    records = client.read(f"/runs/{chosen['id']}/metrics", {})["records"]
+    if not records:
+        typer.echo(f"run {chosen['id'][:8]} of job {name} has written no metrics yet.", err=True)
+        return
+    typer.echo(views.metrics_table(records))
 
 
 @app.command()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -162,3 +164,40 @@ def _first_line(text: str) -> str:
 
 def _indent(text: str) -> list[str]:
     return ["  " + line for line in text.splitlines()]
+
+
+def print_lines(lines: list[dict[str, Any]]) -> None:
+    """Log lines as they were written (one `write` for many lines: following a chatty
+    job stays cheap)."""
+    if lines:
+        sys.stdout.write("".join(f"{line['text']}\n" for line in lines))
+        sys.stdout.flush()
+
+
+def metrics_table(records: list[dict[str, Any]]) -> str:
+    """One row per epoch (records of epoch 0.5 and 1.0 both count to epoch 1), one
+    column per metric (split/name), each cell the last value written."""
+    rows: dict[int | None, dict[str, Any]] = {}
+    columns: dict[str, None] = {}
+    for record in records:
+        if "name" not in record or "value" not in record:
+            continue
+        epoch = record.get("epoch")
+        key = math.ceil(epoch) if isinstance(epoch, int | float) else None
+        column = f"{record['split']}/{record['name']}" if record.get("split") else record["name"]
+        columns[column] = None
+        rows.setdefault(key, {})[column] = record["value"]
+    names = sorted(columns, key=lambda c: (not c.startswith("train"), c))
+    ordered = sorted(rows, key=lambda k: (k is None, k or 0))
+    return _grid(["EPOCH", *(n.upper() for n in names)], [
+        ["-" if key is None else str(key),
+         *(_number(rows[key].get(n)) for n in names)] for key in ordered
+    ])  # fmt: skip
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

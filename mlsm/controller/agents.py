@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.heartbeats import Beat, Identities, NodeState, NodeTable
 from mlsm.controller.leasing import Leases, finish_failed_run
+from mlsm.controller.outputs import STREAMS, store_lines
 from mlsm.controller.tokens import bearer, live_token, token_digest
 from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
 from mlsm.store import Dataset, Job, Node, Run, Store
@@ -63,6 +64,7 @@ class AgentApi:
         self.changed = changed
         self.leases = leases or Leases()
         self._revision_moved = anyio.Event()
+        self._output_moved = anyio.Event()
         self._catalog: dict[str, dict[str, dict[str, str]]] | None = None
         self._catalog_generation = 0
         self._identities = Identities(store)
@@ -234,6 +236,45 @@ class AgentApi:
                 runs.append(entry)
             return {"assignmentRevision": node.assignment_revision, "runs": runs}
 
+    async def output(self, request: Request) -> Response:
+        """A batch of a run's log lines or metric records: {stream: log|metrics,
+        lines: [[offset, text], ...], end}. Answers the offset the controller now
+        holds, from which the agent reads on."""
+        name, token, body = request.path_params["node"], bearer(request), await _json(request)
+        await self._node_state(name, token)
+        stream, end, raw = body.get("stream"), body.get("end"), body.get("lines")
+        if stream not in STREAMS or not isinstance(end, int) or not isinstance(raw, list):
+            raise AgentError(400, "the body is {stream: log|metrics, lines: [[offset, text]], "
+                                  "end: offset}")  # fmt: skip
+        try:
+            lines = [(int(offset), str(text)) for offset, text in raw]
+        except (TypeError, ValueError):
+            raise AgentError(400, "lines must be [offset, text] pairs") from None
+        held = await self._run(self._store_output, name, request.path_params["run"], stream,
+                               lines, end)  # fmt: skip
+        self.output_moved()
+        return JSONResponse({"offset": held})
+
+    def _store_output(
+        self, name: str, run_id: str, stream: str, lines: list[tuple[int, str]], end: int
+    ) -> int:
+        with self.store.write() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise AgentError(404, f"no run {run_id}")
+            if run.node != name:
+                raise AgentError(403, f"run {run_id} is not node {name}'s")
+            return store_lines(session, run, stream, lines, end)
+
+    def output_moved(self) -> None:
+        """Wake readers following logs (`GET /runs/{id}/logs?wait=`)."""
+        self._output_moved.set()
+        self._output_moved = anyio.Event()
+
+    async def wait_output(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._output_moved.wait()
+
     async def report(self, request: Request) -> Response:
         name, token, body = request.path_params["node"], bearer(request), await _json(request)
         run_id = request.path_params["run"]
@@ -273,6 +314,8 @@ class AgentApi:
             if run.attempt != current or run.phase not in ACTIVE:
                 return {"stop": True}  # fenced: a stale copy reporting in
             run.last_report_at = now
+            if isinstance(body.get("outputDir"), str):
+                run.output_dir = body["outputDir"][:4096]
             exit_code = body.get("exitCode")
             reason, message = str(body.get("reason") or phase), str(body.get("message") or "")
             set_run_phase(session, run, phase, reason=reason, message=message,

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mlsm.controller import writing
 from mlsm.controller.agents import AgentApi, AgentError
 from mlsm.controller.applying import FINISHED
+from mlsm.controller.outputs import read_log, read_metrics
 from mlsm.controller.sources import ManifestSource
 from mlsm.controller.tokens import bearer, token_role
 from mlsm.controller.transitions import ACTIVE
@@ -111,7 +112,8 @@ def run_json(run: Run, job: str) -> dict[str, Any]:
     return {
         "id": run.id, "job": job, "attempt": run.attempt, "node": run.node, "phase": run.phase,
         "gpus": run.gpus, "reason": run.reason, "message": run.message,
-        "exitCode": run.exit_code, "createdAt": _time(run.created_at),
+        "exitCode": run.exit_code, "outputDir": run.output_dir, "logOffset": run.log_offset,
+        "createdAt": _time(run.created_at),
         "startedAt": _time(run.started_at), "finishedAt": _time(run.finished_at),
     }  # fmt: skip
 
@@ -188,11 +190,13 @@ class Api:
         on_webhook: Callable[[], None],
         webhook_secret: str,
         source: ManifestSource | None,
+        agents: AgentApi,
     ) -> None:
         self.store = store
         self.on_webhook = on_webhook
         self.webhook_secret = webhook_secret
         self.source = source
+        self.agents = agents
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(function, *args)
@@ -253,6 +257,55 @@ class Api:
             if isinstance(row, Job):
                 out["runs"] = [run_json(r, row.name) for r in row.runs]
         return out
+
+    async def run_logs(self, request: Request) -> Response:
+        """A run's log lines: past `after` (an offset), up to `limit`; or the last
+        `tail`. With `wait` (seconds), an empty answer waits for new lines first, so
+        `mlsmctl logs -f` follows without polling fast."""
+        run_id = request.path_params["run"]
+        after = _int(request, "after", -1, low=-1)
+        limit = _int(request, "limit", 1000, low=1, high=MAX_LIMIT)
+        tail = request.query_params.get("tail")
+        last = _int(request, "tail", 0, low=0, high=MAX_LIMIT) if tail else None
+        try:
+            wait = min(float(request.query_params.get("wait", 0)), 30.0)
+        except ValueError:
+            raise ApiError(400, "query parameter 'wait' must be a number of seconds") from None
+        deadline = anyio.current_time() + wait
+
+        def read() -> dict[str, Any]:
+            with self.store.read() as session:
+                found = session.execute(
+                    select(Run, Job.name).join(Job).where(Run.id == run_id)
+                ).first()  # fmt: skip
+                if found is None:
+                    raise ApiError(404, f"no run {run_id}")
+                run, job = found
+                lines = read_log(session, run_id, after=after, limit=limit, tail=last)
+                return {
+                    "run": run.id, "job": job, "phase": run.phase,
+                    "finished": run.phase in FINISHED, "logOffset": run.log_offset,
+                    "lines": [{"offset": o, "text": t} for o, t in lines],
+                    "next": lines[-1][0] if lines else after,
+                }  # fmt: skip
+
+        while True:
+            answer: dict[str, Any] = await self.call(read)
+            if answer["lines"] or anyio.current_time() >= deadline:
+                return JSONResponse(answer)
+            await self.agents.wait_output(min(1.0, deadline - anyio.current_time()))
+
+    async def run_metrics(self, request: Request) -> Response:
+        run_id = request.path_params["run"]
+
+        def read() -> dict[str, Any]:
+            with self.store.read() as session:
+                run = session.get(Run, run_id)
+                if run is None:
+                    raise ApiError(404, f"no run {run_id}")
+                return {"run": run.id, "records": read_metrics(session, run_id)}
+
+        return JSONResponse(await self.call(read))
 
     async def list_runs(self, request: Request) -> Response:
         def runs() -> dict[str, Any]:
@@ -437,13 +490,15 @@ def create_app(
     source: ManifestSource | None = None,
     agents: AgentApi | None = None,
 ) -> Starlette:
-    api = Api(store, on_webhook, webhook_secret, source)
     agents = agents or AgentApi(store)
+    api = Api(store, on_webhook, webhook_secret, source, agents)
     p = API_PREFIX
     routes = [
         Route("/healthz", api.healthz),
         Route(f"{p}/sync", api.sync_state),
         Route(f"{p}/runs", api.list_runs),
+        Route(p + "/runs/{run}/logs", api.run_logs),
+        Route(p + "/runs/{run}/metrics", api.run_metrics),
         Route(f"{p}/events", api.list_events),
         Route(f"{p}/hooks/git", api.webhook, methods=["POST"]),
         Route(f"{p}/apply", api.apply, methods=["POST"]),
@@ -451,6 +506,7 @@ def create_app(
         Route(p + "/agent/nodes/{node}/heartbeat", agents.heartbeat, methods=["POST"]),
         Route(p + "/agent/nodes/{node}/assignments", agents.assignments),
         Route(p + "/agent/nodes/{node}/runs/{run}/status", agents.report, methods=["POST"]),
+        Route(p + "/agent/nodes/{node}/runs/{run}/output", agents.output, methods=["POST"]),
         Route(p + "/{kind}", api.list_objects),
         Route(p + "/{kind}/{name}", api.get_object),
     ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
-from sqlalchemy import ForeignKey, Index, MetaData, String, Text, text
+from sqlalchemy import BigInteger, ForeignKey, Index, MetaData, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 from mlsm.store.types import Json, UtcDateTime, utcnow
@@ -23,6 +23,8 @@ __all__ = [
     "Dataset",
     "Event",
     "Job",
+    "LogLine",
+    "MetricRecord",
     "Node",
     "Run",
     "StoredObject",
@@ -157,10 +159,37 @@ class Run(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_report_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    log_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Bytes of the run's log the controller holds: the agent ships from here."""
+    metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Bytes of the run's metrics file the controller holds."""
+    output_dir: Mapped[str] = mapped_column(Text, default="")
+    """Where the run's outputs lie on its node (the agent reports it)."""
     version: Mapped[int] = mapped_column(default=1)
     job: Mapped[Job] = relationship(back_populates="runs")
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - read by SQLAlchemy
+
+
+class LogLine(Base):
+    """One line of a run's output (stdout and stderr), at its byte offset in the log
+    file on the node: a retried upload cannot duplicate a line."""
+
+    __tablename__ = "log_lines"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class MetricRecord(Base):
+    """One JSON record a run wrote to $MLSM_METRICS_FILE, at its byte offset there."""
+
+    __tablename__ = "metric_records"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    record: Mapped[dict[str, Any]]
 
 
 class Event(Base):

@@ -103,8 +103,8 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Client]]:
     processes: list[subprocess.Popen[bytes]] = []
 
-    def _start(repo: str, *flags: str) -> httpx.Client:
-        port = free_port()
+    def _start(repo: str, *flags: str, port: int | None = None) -> httpx.Client:
+        port = port or free_port()
         log = open(tmp_path / f"controller-{port}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
             [*controller_bin(), "run", "--repo", repo, "--listen", f"127.0.0.1:{port}",
@@ -113,6 +113,7 @@ def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Cli
         )  # fmt: skip
         processes.append(process)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+        client.process = process  # type: ignore[attr-defined]  # for tests that kill it
         wait_for(lambda: client.get("/healthz").status_code == 200)
         return client
 
@@ -147,16 +148,23 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     agents: list[AgentProcess] = []
 
     def _start(
-        client: httpx.Client, node: str, token: str, *, gpus: int = 1, **env: str
+        client: httpx.Client,
+        node: str,
+        token: str,
+        *,
+        gpus: int = 1,
+        again: AgentProcess | None = None,
+        **env: str,
     ) -> AgentProcess:
-        root = tmp_path / f"agent-{node}-{len(agents)}"
-        root.mkdir(parents=True)
+        """`again`: start a new agent process on that agent's storage root (a restart)."""
+        root = again.root.parent if again is not None else tmp_path / f"agent-{node}-{len(agents)}"
+        root.mkdir(parents=True, exist_ok=True)
         (root / "token").write_text(token + "\n")
         (root / "gpus.json").write_text(json.dumps(
             [{"index": i, "uuid": f"GPU-{node}-{i}", "name": "Fake A100", "memory": 80 << 30}
              for i in range(gpus)]
         ))  # fmt: skip
-        log = root / "agent.log"
+        log = root / f"agent-{len(agents)}.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "mlsm.agent", "run", "--controller", str(client.base_url),
              "--node", node, "--token-file", str(root / "token"), "--storage-root",

@@ -139,7 +139,8 @@ def test_jobs_succeed_fail_retry_and_stop_at_max_duration(
         holder.root / "runs" / run["id"] / "metrics.jsonl"
     )
     assert seen["cwd"] == str(holder.root / "runs" / run["id"])
-    assert seen["pgid"] == seen["pid"], "the job leads its own process group"
+    # The run's own process group, led by its shim (the job is the shim's child).
+    assert seen["pgid"] not in (seen["pid"], os.getpgid(0), holder.process.pid)
     log = (holder.root / "runs" / run["id"] / "output.log").read_text()
     assert "hello from the job" in log
 
@@ -358,3 +359,80 @@ def test_bad_missing_and_cross_node_tokens_are_refused(
     assert missing.stderr.startswith("mlsm-agent: error: token_file")
     assert "mlsm-controller token issue --role node --node n1" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+CHATTY = """
+import os, sys, time
+flag = os.path.join(os.environ['MLSM_OUTPUT_DIR'], 'finish')
+i = 0
+while not os.path.exists(flag):
+    for _ in range(50):
+        print(f'line {i}', flush=True)
+        i += 1
+    time.sleep(0.02)
+print(f'line {i}', flush=True)
+sys.stdout.write('x' * 10_000_000 + '\\n')
+sys.stdout.flush()
+sys.stdout.buffer.write(b'bad \\xff\\xfe bytes\\n')
+sys.stdout.flush()
+print('done', flush=True)
+"""
+
+
+def shipped(client: httpx.Client, run: str) -> int:
+    return int(client.get(f"/api/v1/runs/{run}/logs", params={"tail": 1}).json()["logOffset"])
+
+
+def test_logs_survive_a_killed_agent_and_a_restarted_controller_without_gap_or_duplicate(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 0})
+    repo.write("jobs/chatty.yaml", job("chatty", CHATTY, gpus=0))
+    repo.commit("chatty")
+    wait_phase(client, "chatty", "Running")
+    [run] = runs_of(client, "chatty")
+    wait_for(lambda: shipped(client, run["id"]) > 1000)
+
+    # kill -9 the agent mid-shipping; a new agent process on the same storage adopts
+    # the run (it is not started again) and ships on from the offset held.
+    agents["n1"].process.kill()
+    agents["n1"].process.wait()
+    agent = start_agent(client, "n1", (agents["n1"].root.parent / "token").read_text().strip(),
+                        gpus=0, again=agents["n1"])  # fmt: skip
+    wait_for(lambda: "adopted" in agent.output())
+    before = shipped(client, run["id"])
+    wait_for(lambda: shipped(client, run["id"]) > before + 1000)
+
+    # The controller killed and restarted (same database and port) mid-shipping.
+    port = client.base_url.port
+    client.process.kill()  # type: ignore[attr-defined]
+    client = start(str(repo.root), "--poll-interval", "600", port=port)
+    before = shipped(client, run["id"])
+    wait_for(lambda: shipped(client, run["id"]) > before + 1000, timeout=30)
+
+    (agent.root / "jobs/chatty/output/finish").write_text("")
+    wait_phase(client, "chatty", "Succeeded")
+    assert [r["id"] for r in runs_of(client, "chatty")] == [run["id"]], "never started twice"
+    size = (agent.root / "runs" / run["id"] / "output.log").stat().st_size
+    wait_for(lambda: shipped(client, run["id"]) == size, timeout=30)
+
+    printed = subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", "logs", "job", "chatty"], capture_output=True,
+        text=True, env={**os.environ, "MLSM_SERVER": str(client.base_url)}, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    numbered = [line for line in printed if line.startswith("line ")]
+    assert numbered == [f"line {i}" for i in range(len(numbered))], "no gap, no duplicate"
+    assert len(numbered) > 3000
+    big = printed[len(numbered)]
+    assert big.startswith("x" * 100)
+    assert big.endswith(f"… [line cut: {10_000_000 - 16 * 1024} more bytes]")
+    assert printed[len(numbered) + 1 :] == ["bad \\xff\\xfe bytes", "done"]
+    tail = subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", "logs", "job", "chatty", "--tail", "2"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "MLSM_SERVER": str(client.base_url)},
+    ).stdout  # fmt: skip
+    assert tail == "bad \\xff\\xfe bytes\ndone\n"

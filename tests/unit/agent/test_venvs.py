@@ -4,6 +4,7 @@ own process group with its log file."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsm.agent.venvs import EnvBuildFailed, Launch, StartFailed, VenvRuntime
+from mlsm.agent.venvs import EnvBuildFailed, Launch, RunProcess, StartFailed, VenvRuntime
 
 
 class CountingRuntime(VenvRuntime):
@@ -82,20 +83,33 @@ def test_a_failed_pip_install_keeps_pips_last_lines(
 
 def test_a_job_runs_in_its_own_process_group_with_its_log(tmp_path: Path) -> None:
     runtime = VenvRuntime(tmp_path)
-    code = (
-        "import os, time; print('pgid', os.getpgid(0) == os.getpid(), flush=True); time.sleep(60)"
-    )
+    code = "import os, time; print('pgid', os.getpgid(0), flush=True); time.sleep(60)"
     job = launch(tmp_path, ["python", "-c", code])
     process = runtime.start(job, runtime.ensure_env(job))
     deadline = time.monotonic() + 10
     while "pgid" not in job.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "pgid True" in job.log.read_text()
+    pgid = int(job.log.read_text().split()[1])
+    assert pgid == process.pid != os.getpgid(0), "the run's shim leads its own group"
     process.signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
     while process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert process.poll() == -signal.SIGTERM
+    assert process.poll() == -signal.SIGTERM, "the job's own status, through the shim"
+    assert json.loads(process.status.read_text()) == {"exitCode": -signal.SIGTERM}
+
+
+def test_an_adopted_run_is_watched_through_proc_and_its_status_file(tmp_path: Path) -> None:
+    runtime = VenvRuntime(tmp_path)
+    job = launch(tmp_path, ["python", "-c", "import sys, time; time.sleep(0.5); sys.exit(7)"])
+    started = runtime.start(job, runtime.ensure_env(job))
+    adopted = RunProcess(started.pid, started.status, started.pid_start)  # as after a restart
+    assert adopted.poll() is None
+    deadline = time.monotonic() + 10
+    while started.poll() is None and time.monotonic() < deadline:  # reap the shim
+        time.sleep(0.02)
+    assert adopted.poll() == 7
+    assert not adopted.unknown
 
 
 def test_a_command_that_does_not_exist_is_start_failed(tmp_path: Path) -> None:

@@ -1,0 +1,78 @@
+"""Runs' shipped output in the store: log lines and metric records, each under (run,
+byte offset), and the offset held per run, which is what the agent reads on from.
+Lines below the held offset are dropped, so a retried upload never duplicates one.
+Used by the agent API (writes) and the read API (`/runs/{id}/logs`, `/metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.orm import Session
+
+from mlsm.store import LogLine, MetricRecord, Run
+
+__all__ = ["STREAMS", "read_log", "read_metrics", "store_lines"]
+
+STREAMS = ("log", "metrics")
+MAX_TEXT = 64 * 1024
+"""The longest line stored, whatever an agent sends (agents cap at 16 KiB)."""
+
+
+def store_lines(
+    session: Session, run: Run, stream: str, lines: list[tuple[int, str]], end: int
+) -> int:
+    """Keep the lines at or past the run's held offset; returns the new held offset."""
+    held = run.log_offset if stream == "log" else run.metrics_offset
+    fresh = [(offset, text[:MAX_TEXT]) for offset, text in lines if offset >= held]
+    if fresh:
+        if stream == "log":
+            rows: list[dict[str, Any]] = [
+                {"run_id": run.id, "offset": o, "text": t} for o, t in fresh
+            ]
+            session.execute(insert(cast(Table, LogLine.__table__)), rows)
+        else:
+            rows = [{"run_id": run.id, "offset": o, "record": _record(t)} for o, t in fresh]
+            session.execute(insert(cast(Table, MetricRecord.__table__)), rows)
+    new = max(held, end)
+    if new != held:
+        # A plain UPDATE: these columns are the agent's alone (no version bump, so a
+        # status report racing this upload does not conflict with it).
+        column = "log_offset" if stream == "log" else "metrics_offset"
+        session.execute(
+            update(cast(Table, Run.__table__)).where(Run.__table__.c.id == run.id)
+            .values({column: new})
+        )  # fmt: skip
+    return new
+
+
+def _record(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"invalid": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def read_log(
+    session: Session, run_id: str, *, after: int = -1, limit: int = 1000, tail: int | None = None
+) -> list[tuple[int, str]]:
+    """Lines past the offset `after`, oldest first; or the last `tail` lines."""
+    query = select(LogLine.offset, LogLine.text).where(LogLine.run_id == run_id)
+    if tail is not None:
+        rows = session.execute(query.order_by(LogLine.offset.desc()).limit(tail)).all()
+        return [(o, t) for o, t in reversed(rows)]
+    rows = session.execute(
+        query.where(LogLine.offset > after).order_by(LogLine.offset).limit(limit)
+    ).all()
+    return [(o, t) for o, t in rows]
+
+
+def read_metrics(session: Session, run_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(MetricRecord.record).where(MetricRecord.run_id == run_id)
+        .order_by(MetricRecord.offset).limit(limit)
+    )  # fmt: skip
+    return list(rows)
