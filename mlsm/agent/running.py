@@ -16,6 +16,7 @@ refusing the agent is logged once (with what to do) and retried.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
@@ -313,8 +314,6 @@ class Agent:
         venv = spec.runtime.venv
         if venv is None:
             raise StartFailed("this agent runs venv jobs only; the docker runtime is not here yet")
-        if spec.command is None:
-            raise StartFailed("the built-in trainer is not run by this agent yet (issue 8)")
         directory = self._run_dir(run.id)
         output = self._output_dir(run.job)
         output.mkdir(parents=True, exist_ok=True)
@@ -335,10 +334,34 @@ class Agent:
                 raise StartFailed(f"dataset {spec.dataset} is not on this node "
                                   f"(expected at {expected})")  # fmt: skip
             env["MLSM_DATASET_DIR"] = str(path)
-        return Launch(run=run.id, argv=spec.command, env=env, cwd=directory,
+        argv = spec.command
+        if spec.trainer is not None:
+            argv = self._trainer_command(spec.trainer, directory, env)
+        return Launch(run=run.id, argv=argv or [], env=env, cwd=directory,
                       log=directory / "output.log", python=venv.python,
                       requirements=venv.requirements,
-                      system_site_packages=venv.system_site_packages)  # fmt: skip
+                      system_site_packages=venv.system_site_packages,
+                      inherit_agent=spec.trainer is not None)  # fmt: skip
+
+    def _trainer_command(
+        self, trainer: schemas.TrainerConfig, directory: Path, env: dict[str, str]
+    ) -> list[str]:
+        """The built-in trainer's config (the job's spec.trainer, with the dataset and
+        output dirs and a model folder resolved under the storage root), written into
+        the run's dir, and the command that runs it."""
+        config = trainer.model_dump(mode="json", by_alias=True)
+        if not trainer.model.startswith("builtin:"):
+            model = resolve_under(self.root, trainer.model)
+            if model is None or not model.is_dir():
+                where = self.root / trainer.model
+                raise StartFailed(f"model {trainer.model} is not on this node (expected a "
+                                  f"Hugging Face model folder at {where})")  # fmt: skip
+            config["model"] = str(model)
+        config.update(datasetRoot=env["MLSM_DATASET_DIR"], outputDir=env["MLSM_OUTPUT_DIR"])
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "trainer.json"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        return ["python", "-m", "mlsm.training", "--config", str(path)]
 
     async def _launch(self, run: LocalRun) -> None:
         try:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ class Launch:
     python: str = "3"
     requirements: Sequence[str] = ()
     system_site_packages: bool = False
+    inherit_agent: bool = False
+    """See the agent's own packages (mlsm's trainer, its torch): for the built-in
+    trainer, which is part of mlsm. Needs the agent's Python version."""
 
 
 @dataclass(slots=True)
@@ -89,6 +93,18 @@ class RunProcess:
     def signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(self.pid, sig)
+
+
+def _agent_site_dirs() -> list[str]:
+    paths = sysconfig.get_paths()
+    return sorted({paths["purelib"], paths["platlib"]})
+
+
+def _site_packages(env: Path) -> Path:
+    found = sorted(env.glob("lib/python3*/site-packages"))
+    if not found:
+        raise EnvBuildFailed(f"{env} has no lib/python3.*/site-packages after python -m venv")
+    return found[0]
 
 
 def tail(path: Path, lines: int = 10, limit: int = 4096) -> str:
@@ -147,8 +163,18 @@ class VenvRuntime:
 
     def env_dir(self, launch: Launch) -> tuple[Path, str, dict[str, object]]:
         executable, version = self.interpreter(launch.python)
-        key = {"python": version, "requirements": [r.strip() for r in launch.requirements],
-               "systemSitePackages": launch.system_site_packages}  # fmt: skip
+        key: dict[str, object] = {
+            "python": version, "requirements": [r.strip() for r in launch.requirements],
+            "systemSitePackages": launch.system_site_packages,
+        }  # fmt: skip
+        if launch.inherit_agent:
+            mine = ".".join(map(str, sys.version_info[:2]))
+            if not (version == mine or version.startswith(mine + ".")):
+                raise EnvBuildFailed(
+                    f"the built-in trainer runs on the agent's Python {mine}, and the job asks "
+                    f"for {launch.python} ({version}); set spec.runtime.venv.python to '{mine}'"
+                )
+            key["inherit"] = _agent_site_dirs()
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return self.envs / digest, executable, key
 
@@ -181,6 +207,12 @@ class VenvRuntime:
         with log.open("wb") as out:
             if subprocess.run(venv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 raise EnvBuildFailed(f"python -m venv failed:\n{tail(log)}")
+            inherit = key.get("inherit")
+            if isinstance(inherit, list) and inherit:
+                # After the environment's own packages on sys.path, with their .pth files
+                # (an editable mlsm is one), so a requirement the job pins still wins.
+                lines = [f"import site; site.addsitedir({d!r})" for d in inherit]
+                (_site_packages(path) / "mlsm-agent.pth").write_text("\n".join(lines) + "\n")
             if requirements:
                 (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
                 pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--no-input",

@@ -240,7 +240,14 @@ def describe(
 ) -> None:
     """Show one object: spec, status, conditions, the commit that last changed it, its
     runs and recent events."""
-    typer.echo(views.describe(Client(server, token).object(_kind(kind), name)))
+    client = Client(server, token)
+    obj = client.object(_kind(kind), name)
+    trainer = None
+    if obj["kind"] == "TrainingJob" and (obj.get("spec") or {}).get("trainer") and obj.get("runs"):
+        latest = max(obj["runs"], key=lambda r: (r["attempt"], r["createdAt"] or ""))
+        records = client.read(f"/runs/{latest['id']}/metrics", {})["records"]
+        trainer = views.trainer_summary(obj["spec"]["trainer"], latest, records)
+    typer.echo(views.describe(obj, trainer=trainer))
 
 
 def _run_of(client: Client, name: str, run: str | None) -> dict[str, Any]:

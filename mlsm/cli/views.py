@@ -101,7 +101,7 @@ def _grid(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def describe(obj: dict[str, Any]) -> str:
+def describe(obj: dict[str, Any], *, trainer: list[str] | None = None) -> str:
     """A page about one object, as `kubectl describe` gives."""
     meta, status = obj["metadata"], obj["status"]
     commit = meta["commit"]
@@ -146,6 +146,9 @@ def describe(obj: dict[str, Any]) -> str:
         if last is not None and last["phase"] in ("Failed", "Lost") and last.get("message"):
             lines.append(f"Last run ({last['id'][:8]}) {last['reason'] or last['phase']}:")
             lines += _indent(last["message"].rstrip())
+    if trainer:
+        lines.append("Trainer:")
+        lines += _indent("\n".join(trainer))
     lines.append("Events:")
     events = obj.get("events", [])
     lines += _indent(_grid(["AGE", "TYPE", "REASON", "BY", "MESSAGE"], [
@@ -201,3 +204,27 @@ def _number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def trainer_summary(
+    trainer: dict[str, Any], run: dict[str, Any], records: list[dict[str, Any]]
+) -> list[str]:
+    """The built-in trainer's run at a glance: the best value of the monitored metric
+    and where the checkpoints are."""
+    monitor = trainer.get("monitor") or {}
+    metric = monitor.get("metric", "accuracy")
+    mode = monitor.get("mode") or ("min" if metric == "loss" else "max")
+    scores = [(r["value"], r.get("epoch")) for r in records
+              if r.get("split") == "val" and r.get("name") == metric
+              and isinstance(r.get("value"), int | float)]  # fmt: skip
+    lines = []
+    if scores:
+        value, epoch = (min if mode == "min" else max)(scores, key=lambda s: s[0])
+        where = f" at epoch {_number(epoch)}" if epoch is not None else ""
+        lines.append(f"Best:         val {metric} {_number(value)}{where} ({mode}imum of "
+                     f"{len(scores)} evaluations)")  # fmt: skip
+    else:
+        lines.append(f"Best:         no val {metric} yet")
+    if run.get("outputDir"):
+        lines.append(f"Checkpoints:  {run['node']}:{run['outputDir']}/checkpoints (best/, last/)")
+    return lines

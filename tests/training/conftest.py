@@ -6,29 +6,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from mlsm.training.demo import write_digits
 
-NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/ (1,100 images), val/ (400), test/ (297), one folder per digit name."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    bunch = load_digits()
-    images = (bunch.images * (255 / 16)).astype(np.uint8)
-    for i, (image, target) in enumerate(zip(images, bunch.target, strict=True)):
-        split = "train" if i < 1100 else "val" if i < 1500 else "test"
-        folder = root / split / NAMES[int(target)]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image, mode="L").save(folder / f"{i:04d}.png")
-    return root
+    return write_digits(tmp_path_factory.mktemp("data") / "digits")
 
 
 @pytest.fixture(scope="session")

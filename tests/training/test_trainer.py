@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from mlsm.errors import UserError
 from mlsm.training.config import RunConfig
+from mlsm.training.demo import NAMES
 from mlsm.training.looping import train
-from tests.training.conftest import NAMES
 
 
 def config(digits: Path, model: Path | str, output: Path, **overrides: Any) -> RunConfig:
