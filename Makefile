@@ -1,5 +1,5 @@
 # make test: the whole suite on a fresh machine (creates .venv, installs, lints, tests).
-# make run:  the main job (an installation that runs a training job; arrives with `mlsmctl up`).
+# make run:  the main job: `mlsmctl up` on the example manifests, training the example job.
 
 PYTHON ?= python3
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -54,10 +54,17 @@ bench: $(STAMP) system
 	$(BIN)/python bench/heartbeats.py
 	$(BIN)/python bench/job_start.py
 
+# The main job: an installation on this machine (controller on SQLite + one agent)
+# following the example manifests in a local git repository; it trains the example
+# ViT on the digits (made offline) and keeps running until Ctrl-C.
+DEMO := .mlsm/demo/manifests
 run: $(STAMP)
-	@echo "mlsmctl up (a whole installation on this machine) is not built yet: issue 8."
-	@echo "What works today: validating the example manifests repository."
-	$(BIN)/mlsmctl validate manifests/
+	@test -d $(DEMO)/.git || { rm -rf $(DEMO) && mkdir -p $(dir $(DEMO)) && cp -r manifests $(DEMO) \
+	  && git -C $(DEMO) init -q -b main && git -C $(DEMO) add -A \
+	  && git -C $(DEMO) -c user.name=mlsm -c user.email=mlsm@localhost commit -qm "The example manifests" \
+	  && echo "example manifests: a git repository in $(DEMO) (commit there; the controller follows it)"; }
+	$(BIN)/python -m mlsm.training.demo digits .mlsm/up/node/datasets/digits
+	$(BIN)/mlsmctl up --repo $(DEMO) --state-dir .mlsm/up --follow vit-digits
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

@@ -72,13 +72,15 @@ def run(
                                                            "to SIGKILL.")] = None,
     gpus_file: Annotated[Path | None, _opt("gpus-file", "JSON list of GPUs to report "
                                                         "instead of NVML/nvidia-smi.")] = None,
+    stop_runs_on_exit: Annotated[bool | None, _opt("stop-runs-on-exit", "Stop the runs when "
+                                                   "the agent stops.")] = None,
 ) -> None:  # fmt: skip
     """Run the agent until interrupted."""
     settings = load_settings(config, {
         "controller": controller, "node": node, "token_file": token_file,
         "storage_root": storage_root, "state_dir": state_dir,
         "heartbeat_interval": heartbeat_interval, "stop_grace": stop_grace,
-        "gpus_file": gpus_file,
+        "gpus_file": gpus_file, "stop_runs_on_exit": stop_runs_on_exit,
     })  # fmt: skip
     token = settings.read_token()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",

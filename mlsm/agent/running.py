@@ -109,10 +109,38 @@ class Agent:
         self._adopt()
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            tasks.start_soon(self._signals, tasks.cancel_scope)
             tasks.start_soon(self._ship_loop)
             tasks.start_soon(self._heartbeat_loop)
             tasks.start_soon(self._assignment_loop)
             tasks.start_soon(self._reconcile_loop)
+
+    async def _signals(self, scope: anyio.CancelScope) -> None:
+        """SIGTERM or SIGINT ends the agent. Its runs go on (a restarted agent adopts
+        them), unless `stop_runs_on_exit` (as under `mlsmctl up`, where Ctrl-C stops
+        everything): then they get SIGTERM, and SIGKILL after the grace period."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for received in signals:
+                log.info("%s: the agent stops", signal.Signals(received).name)
+                if self.settings.stop_runs_on_exit:
+                    await self._stop_all()
+                scope.cancel()
+                return
+
+    async def _stop_all(self) -> None:
+        live = [r for r in self.runs.values() if r.process is not None and r.process.poll() is None]
+        if not live:
+            return
+        log.info("stopping %d run(s); they are retried when an agent is back", len(live))
+        for run in live:
+            assert run.process is not None
+            run.process.signal(signal.SIGTERM)
+        with anyio.move_on_after(self.settings.stop_grace):
+            while any(r.process is not None and r.process.poll() is None for r in live):
+                await anyio.sleep(0.05)
+        for run in live:
+            if run.process is not None and run.process.poll() is None:
+                run.process.signal(signal.SIGKILL)
 
     # talking to the controller -------------------------------------------------------
 

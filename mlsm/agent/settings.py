@@ -37,6 +37,9 @@ class AgentSettings(BaseModel):
     dataset_rescan: float = Field(default=60.0, ge=1, le=86_400,
                                   description="Seconds between dataset scans (a catalog "
                                   "change scans at once).")  # fmt: skip
+    stop_runs_on_exit: bool = Field(default=False, description="Stop the runs when the "
+                                     "agent stops (default: they go on and a restarted "
+                                     "agent adopts them).")  # fmt: skip
     long_poll: float = Field(default=30.0, gt=0, le=60)
     gpus_file: Path | None = Field(default=None, description="A JSON list of GPUs to report "
                                    "instead of asking NVML or nvidia-smi.")  # fmt: skip

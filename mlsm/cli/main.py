@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -444,6 +445,49 @@ def delete(
     """Remove objects' files from the controller's local source, as a commit by you.
     Needs an admin token."""  # fmt: skip
     _write(filename, server, token, delete=True)
+
+
+@app.command()
+def up(
+    repo: Annotated[Path, typer.Option("--repo", "-r", help="The manifests: a local git "
+                                       "repository or a plain directory.")] = Path("manifests"),
+    node: Annotated[str, typer.Option("--node", envvar="MLSM_NODE",
+                                      help="This machine's Node name (nodes/NAME.yaml must "
+                                      "declare it).")] = "local",
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Database, logs, token and "
+                                            "the node's storage.")] = Path(".mlsm/up"),
+    port: Annotated[int, typer.Option("--port", help="The controller's port on "
+                                      "127.0.0.1.")] = 8470,
+    follow: Annotated[str | None, typer.Option("--follow", show_default=False,
+                                               help="Print this job's output as it "
+                                               "runs.")] = None,
+    gpus_file: Annotated[Path | None, typer.Option("--gpus-file", show_default=False,
+                                                   help="Report these GPUs instead of "
+                                                   "asking NVML or nvidia-smi.")] = None,
+    version: VersionOption = False,
+) -> None:  # fmt: skip
+    """Run a whole installation on this machine: the controller (on SQLite) following
+    REPO, and an agent for this machine's Node. Ctrl-C stops it; `up` again carries on."""
+    from mlsm.cli.local import Installation, LocalSettings
+
+    settings = LocalSettings(repo=repo, node=node, state_dir=state_dir, port=port,
+                             follow=follow, gpus_file=gpus_file,
+                             say=lambda line: typer.echo(line))  # fmt: skip
+    installation = Installation(settings)
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM and SIGHUP stop everything as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+    try:
+        installation.up()
+        installation.watch()
+    except KeyboardInterrupt:
+        typer.echo("\nstopping (Ctrl-C)")
+    finally:
+        installation.down()
+    typer.echo(f"stopped. `mlsmctl up` again carries on from {state_dir}.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,105 @@
+"""The front door: `mlsmctl up` on a copy of the example manifests (the example
+trainer job made short), as `make run` starts it. It trains the job to completion
+and prints where to look; Ctrl-C stops everything; a second `up` carries on from the
+same state without running the job again. A machine with no Node manifest is
+told what to add."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlsm.training.demo import write_digits
+from tests.integration.conftest import GitRepo, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Up:
+    def __init__(self, repo: Path, state: Path, port: int, *flags: str) -> None:
+        self.out = state.parent / f"up-{time.monotonic_ns()}.out"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlsm.cli", "up", "--repo", str(repo), "--state-dir",
+             str(state), "--port", str(port), *flags],
+            stdout=self.out.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(60)
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> GitRepo:
+    repo = GitRepo(tmp_path / "manifests")
+    shutil.copytree(ROOT / "manifests", repo.root, dirs_exist_ok=True)
+    job = repo.root / "jobs" / "vit-digits.yaml"
+    job.write_text(job.read_text().replace("epochs: 10", "epochs: 1"))
+    repo.commit("the example manifests, with a short job")
+    return repo
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
+    example: GitRepo, tmp_path: Path
+) -> None:
+    state, port = tmp_path / "state", free_port()
+    write_digits(state / "node" / "datasets" / "digits")
+    up = Up(example.root, state, port, "--follow", "vit-digits")
+    try:
+        wait_for(lambda: "job vit-digits succeeded." in up.output(), timeout=240)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+        wait_for(lambda: client.get("/api/v1/jobs/hello-venv").json()["status"]["phase"]
+                 == "Succeeded", timeout=60)  # fmt: skip
+        waiting = client.get("/api/v1/jobs/busybox-docker").json()["status"]
+        assert waiting["phase"] == "Pending", "no node here runs docker: it waits, saying why"
+    finally:
+        code = up.stop()
+    printed = up.output()
+    assert code == 0, printed
+    for line in ("controller: http://127.0.0.1:", "agent:      node local Ready",
+                 "job vit-digits: Running", "epoch 1/1", "job vit-digits: Succeeded",
+                 "stopped. `mlsmctl up` again carries on"):  # fmt: skip
+        assert line in printed, f"{line!r} not in:\n{printed}"
+    assert "Traceback" not in printed
+    assert not listening(port), "the controller stopped"
+
+    again = Up(example.root, state, port)
+    try:
+        wait_for(lambda: "ready." in again.output(), timeout=120)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+        runs = client.get("/api/v1/runs", params={"job": "vit-digits"}).json()["items"]
+        assert [r["phase"] for r in runs] == ["Succeeded"], "carried on: not run again"
+        assert "job vit-digits: Succeeded" in again.output()
+    finally:
+        assert again.stop() == 0
+
+
+def test_up_explains_a_missing_node_manifest(example: GitRepo, tmp_path: Path) -> None:
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", "up", "--repo", str(example.root), "--state-dir",
+         str(tmp_path / "state"), "--port", str(port), "--node", "lab-laptop"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "declares no Node 'lab-laptop'" in done.stderr
+    assert "Add nodes/lab-laptop.yaml:" in done.stderr
+    assert "name: lab-laptop" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not listening(port), "nothing left running"
