@@ -53,6 +53,8 @@ bench: $(STAMP) system
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/heartbeats.py
 	$(BIN)/python bench/job_start.py
+	$(BIN)/python bench/logs.py
+	$(BIN)/python bench/agent_idle.py
 
 # The main job: an installation on this machine (controller on SQLite + one agent)
 # following the example manifests in a local git repository; it trains the example

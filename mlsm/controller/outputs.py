@@ -26,16 +26,21 @@ def store_lines(
 ) -> int:
     """Keep the lines at or past the run's held offset; returns the new held offset."""
     held = run.log_offset if stream == "log" else run.metrics_offset
-    fresh = [(offset, text[:MAX_TEXT]) for offset, text in lines if offset >= held]
+    fresh = [(run.id, offset, text[:MAX_TEXT]) for offset, text in lines if offset >= held]
     if fresh:
+        # The DB-API's executemany, not SQLAlchemy's per-row parameter processing:
+        # shipping is the one bulk insert in mlsm, and this triples its speed.
+        connection = session.connection()
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
         if stream == "log":
-            rows: list[dict[str, Any]] = [
-                {"run_id": run.id, "offset": o, "text": t} for o, t in fresh
-            ]
-            session.execute(insert(cast(Table, LogLine.__table__)), rows)
+            connection.exec_driver_sql(
+                f'INSERT INTO log_lines (run_id, "offset", text) VALUES ({mark}, {mark}, {mark})',
+                fresh,
+            )
         else:
-            rows = [{"run_id": run.id, "offset": o, "record": _record(t)} for o, t in fresh]
-            session.execute(insert(cast(Table, MetricRecord.__table__)), rows)
+            session.execute(insert(cast(Table, MetricRecord.__table__)), [
+                {"run_id": r, "offset": o, "record": _record(t)} for r, o, t in fresh
+            ])  # fmt: skip
     new = max(held, end)
     if new != held:
         # A plain UPDATE: these columns are the agent's alone (no version bump, so a

@@ -436,3 +436,32 @@ def test_logs_survive_a_killed_agent_and_a_restarted_controller_without_gap_or_d
         env={**os.environ, "MLSM_SERVER": str(client.base_url)},
     ).stdout  # fmt: skip
     assert tail == "bad \\xff\\xfe bytes\ndone\n"
+
+
+def test_a_run_that_ends_while_its_agent_is_down_is_reported_with_its_exit_status(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 0})
+    code = REPORT_ENV + UNTIL_TOLD + "; print('bye'); sys.exit(3)"
+    repo.write("jobs/lonely.yaml", job("lonely", code, gpus=0))
+    repo.commit("lonely")
+    wait_phase(client, "lonely", "Running")
+    output = agents["n1"].root / "jobs/lonely/output"
+    wait_for((output / "seen.json").is_file)
+
+    agents["n1"].process.kill()  # the agent dies; the job goes on, then ends
+    agents["n1"].process.wait()
+    pid = json.loads((output / "seen.json").read_text())["pid"]
+    (output / "finish").write_text("")
+    wait_for(lambda: not alive(pid))
+
+    token = (agents["n1"].root.parent / "token").read_text().strip()
+    start_agent(client, "n1", token, gpus=0, again=agents["n1"])
+    wait_phase(client, "lonely", "Failed")
+    [run] = runs_of(client, "lonely")
+    assert run["exitCode"] == 3
+    assert "bye" in run["message"]
+    wait_for(lambda: "bye" in client.get(f"/api/v1/runs/{run['id']}/logs").text)

@@ -1,0 +1,141 @@
+"""A real controller and a real agent on loopback, over a local git repository: what
+the agent benchmarks stand on.
+
+    with Harness(tmp, database_url=None, webhook=True) as h:
+        h.commit_job("j1", ["python", "-c", "print(1)"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+SECRET = "bench-secret"
+NODE = "apiVersion: mlsm/v1\nkind: Node\nmetadata: {name: n1}\nspec: {runtimes: [venv]}\n"
+
+
+def git(repo: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}  # fmt: skip
+    subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(check: Callable[[], Any], timeout: float = 120.0, step: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError, ValueError, KeyError, IndexError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: timed out waiting; see the logs under the temp dir")
+        time.sleep(step)
+
+
+def job(name: str, command: list[str]) -> str:
+    return (f"apiVersion: mlsm/v1\nkind: TrainingJob\nmetadata: {{name: {name}, owner: ada}}\n"
+            f"spec:\n  runtime: {{venv: {{python: '3'}}}}\n"
+            f"  command: {json.dumps(command)}\n"
+            f"  resources: {{gpus: 0, cpu: 0.1}}\n")  # fmt: skip
+
+
+class Harness:
+    def __init__(self, tmp: Path, *, database_url: str | None = None, webhook: bool = True,
+                 agent: bool = True) -> None:  # fmt: skip
+        self.tmp, self.webhook, self.with_agent = tmp, webhook, agent
+        self.repo, self.storage = tmp / "repo", tmp / "storage"
+        self.database = database_url or f"sqlite:///{tmp / 'mlsm.db'}"
+        self.port = free_port()
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Harness:
+        (self.repo / "nodes").mkdir(parents=True)
+        (self.repo / "nodes" / "n1.yaml").write_text(NODE)
+        git(self.repo, "init", "-q", "-b", "main")
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-qm", "node")
+        flags = ["--no-watch", "--webhook-secret", SECRET] if self.webhook else []
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "mlsm.controller", "run", "--repo", str(self.repo),
+             "--database-url", self.database, "--listen", f"127.0.0.1:{self.port}",
+             "--state-dir", str(self.tmp / "state"), "--poll-interval", "600", *flags],
+            stdout=(self.tmp / "controller.log").open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait(lambda: self.client.get("/api/v1/nodes/n1").status_code == 200)
+        if self.with_agent:
+            self.start_agent()
+        return self
+
+    def start_agent(self) -> subprocess.Popen[bytes]:
+        token = subprocess.run(
+            [sys.executable, "-m", "mlsm.controller", "token", "issue", "--role", "node",
+             "--node", "n1", "--database-url", self.database],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        (self.tmp / "token").write_text(token)
+        (self.tmp / "gpus.json").write_text("[]")
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "mlsm.agent", "run", "--controller", str(self.client.base_url),
+             "--node", "n1", "--token-file", str(self.tmp / "token"), "--storage-root",
+             str(self.storage), "--gpus-file", str(self.tmp / "gpus.json")],
+            stdout=(self.tmp / "agent.log").open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        return self.agent
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:  # fmt: skip
+        for process in (self.agent, self.controller):
+            if process is not None:
+                process.terminate()
+                process.wait(10)
+        self.client.close()
+
+    def commit_job(self, name: str, command: list[str]) -> float:
+        """Commit a job (and send the webhook); the wall-clock time before the commit."""
+        (self.repo / "jobs").mkdir(exist_ok=True)
+        (self.repo / "jobs" / f"{name}.yaml").write_text(job(name, command))
+        git(self.repo, "add", "-A")
+        before = time.time()
+        git(self.repo, "commit", "-qm", f"add {name}")
+        if self.webhook:
+            body = json.dumps({"ref": "refs/heads/main"}).encode()
+            signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            self.client.post("/api/v1/hooks/git", content=body,
+                             headers={"X-Hub-Signature-256": f"sha256={signature}"})  # fmt: skip
+        return before
+
+    def run_of(self, name: str) -> dict[str, Any]:
+        """The job's first run, once it exists."""
+        found: list[dict[str, Any]] = []
+
+        def exists() -> bool:
+            found[:] = self.client.get("/api/v1/runs", params={"job": name}).json()["items"]
+            return bool(found)
+
+        wait(exists)
+        return found[0]
+
+    def phase(self, name: str) -> str:
+        response = self.client.get(f"/api/v1/jobs/{name}")
+        return str(response.json()["status"]["phase"]) if response.status_code == 200 else ""
