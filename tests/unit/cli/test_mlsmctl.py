@@ -43,7 +43,7 @@ def test_version_on_every_command(command: str) -> None:
 def test_valid_tree_exits_zero() -> None:
     done = mlsmctl("validate", "manifests")
     assert done.returncode == 0, done.stdout
-    assert done.stdout.strip() == "6 objects in 6 files: all valid"
+    assert done.stdout.strip() == "7 objects in 7 files: all valid"
 
 
 def test_invalid_file_exits_one_with_located_text() -> None:

@@ -37,7 +37,7 @@ def test_the_example_repository_is_valid() -> None:
     result = manifests.load_paths([EXAMPLES])
     assert [str(p) for p in result.problems] == []
     kinds = sorted(o.kind for o in result.objects)
-    assert kinds.count("Node") == 2
+    assert kinds.count("Node") == 3  # local (mlsmctl up), cpu-1, gpu-1
     assert kinds.count("Dataset") == 1
     jobs = [o.manifest for o in result.objects if isinstance(o.manifest, schemas.TrainingJob)]
     assert {j.spec.runtime.docker is not None for j in jobs} == {True, False}
