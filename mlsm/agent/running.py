@@ -444,7 +444,7 @@ class Agent:
                 continue
             run = LocalRun(record.run, record.assignment, record=record)
             run.process = RunProcess(record.pid, record.status, record.pid_start)
-            reported = record.reported or "Running"
+            reported = record.reported  # None: say Running (again: a no-op if known)
             if record.ended and record.outcome is not None:
                 outcome = Outcome(**record.outcome)
                 run.observed = Observed("exited", reported=reported, outcome=outcome)
