@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -43,6 +44,14 @@ from mlsm.agent.shipping import read_lines
 from mlsm.agent.venvs import EnvBuildFailed, Launch, RunProcess, StartFailed, VenvRuntime, tail
 
 __all__ = ["Agent"]
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe(name: object) -> bool:
+    """A run id or job name the agent may use as a folder name under its storage root."""
+    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
+
 
 log = logging.getLogger("mlsm.agent")
 
@@ -221,7 +230,14 @@ class Agent:
             backoff = 0.5
             self._recovered("assignments")
             self.revision = int(body.get("assignmentRevision", -1))
-            self.desired = {str(r["id"]): r for r in body.get("runs", [])}
+            self.desired = {}
+            for entry in body.get("runs", []):
+                if _safe(entry.get("id")) and _safe(entry.get("job")):
+                    self.desired[str(entry["id"])] = entry
+                else:  # they name folders under the storage root: never a path
+                    names = f"{entry.get('id')!r}, {entry.get('job')!r}"
+                    self._complain("assignments", "ignoring an assignment with an unsafe run "
+                                   f"id or job name: {names}")  # fmt: skip
             self.wake()
 
     # reconciling ---------------------------------------------------------------------

@@ -102,3 +102,14 @@ def test_planning_converges_and_never_starts_a_run_twice(
     assert plan_runs(desired, observed, done=done, now=0.0, grace=10.0) == []
     assert len(started) == len(set(started))
     assert set(observed) <= desired
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [("0f1e2d3c-aaaa-4bbb-8ccc-123456789abc", True), ("vit-digits", True), ("..", False),
+     ("../etc", False), ("a/b", False), ("", False), (None, False), ("a..b", False)],
+)  # fmt: skip
+def test_only_safe_names_become_folders(name: object, safe: bool) -> None:
+    from mlsm.agent.running import _safe
+
+    assert _safe(name) is safe
