@@ -246,7 +246,7 @@ def test_a_silent_node_loses_its_run_and_its_stale_copy_is_stopped_when_it_retur
     wait_for(lambda: not alive(stale_pid), timeout=15)
     assert "stopping (SIGTERM)" in cut.output()
     assert phase(client, "long") == "Running"
-    assert (other.root / "jobs/long/output/seen.json").is_file()
+    wait_for((other.root / "jobs/long/output/seen.json").is_file)
 
 
 def dataset(checksum: str = "") -> str:
