@@ -7,6 +7,7 @@ the agent benchmarks stand on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -15,15 +16,32 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import postgres  # (the repository's root, for the tests package)
+
 SECRET = "bench-secret"
 NODE = "apiVersion: mlsm/v1\nkind: Node\nmetadata: {name: n1}\nspec: {runtimes: [venv]}\n"
+
+
+@contextlib.contextmanager
+def databases(kinds: list[str], tmp: Path) -> Iterator[list[tuple[str, str]]]:
+    """(kind, URL) for each of 'sqlite' (a file in tmp) and 'postgresql' (a throwaway
+    cluster, stopped afterwards)."""
+    cluster = postgres.Cluster.start() if "postgresql" in kinds else None
+    try:
+        yield [(kind, cluster.url if cluster is not None and kind == "postgresql"
+                else f"sqlite:///{tmp / kind}.db") for kind in kinds]  # fmt: skip
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 def git(repo: Path, *args: str) -> None:

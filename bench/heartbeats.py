@@ -21,7 +21,6 @@ import asyncio
 import gc
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,17 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from mlsm.controller.tokens import token_digest  # noqa: E402
 from mlsm.store import Store, Token  # noqa: E402
-from tests import postgres  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import databases, free_port  # noqa: E402
 
 INVENTORY = {"cpus": 64, "memory": 512 << 30, "runtimes": ["venv", "docker"],
              "gpus": [{"index": i, "uuid": f"GPU-{i}", "name": "H100", "memory": 80 << 30}
                       for i in range(8)]}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(tmp: Path, url: str, nodes: int) -> Path:
@@ -157,17 +153,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
-    kinds = args.databases.split(",")
-    cluster = postgres.Cluster.start() if "postgresql" in kinds else None
-    try:
-        with tempfile.TemporaryDirectory() as name:
-            tmp = Path(name)
-            for kind in kinds:
-                url = f"sqlite:///{tmp / 'hb.db'}" if kind == "sqlite" else cluster.url  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        with databases(args.databases.split(","), tmp) as urls:
+            for kind, url in urls:
                 run(kind, url, args, tmp)
-    finally:
-        if cluster is not None:
-            cluster.stop()
 
 
 if __name__ == "__main__":

@@ -23,11 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Harness, wait
-
-from tests import postgres
+from harness import Harness, databases, wait
 
 FLOOD = (
     "import sys, time; open('started', 'w').write(repr(time.time())); n = {n}; "
@@ -86,23 +83,19 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=100)
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
-    kinds = args.databases.split(",")
-    cluster = postgres.Cluster.start() if "postgresql" in kinds else None
-    try:
-        for kind in kinds:
-            with tempfile.TemporaryDirectory() as name:
-                url = cluster.url if kind == "postgresql" and cluster else None
-                with Harness(Path(name), database_url=url) as h:
-                    rate = throughput(h, args.lines)
-                    seen = sorted(latency(h, args.ticks))
-                p50 = statistics.median(seen)
-                p99 = seen[max(int(len(seen) * 0.99) - 1, 0)]
-                print(f"{kind:10s} shipping {rate:8.0f} lines/s ({args.lines} lines)   "
-                      f"print -> mlsmctl logs -f: p50 {p50 * 1000:.0f} ms, "
-                      f"p99 {p99 * 1000:.0f} ms ({len(seen)} lines)")  # fmt: skip
-    finally:
-        if cluster is not None:
-            cluster.stop()
+    with (
+        tempfile.TemporaryDirectory() as name,
+        databases(args.databases.split(","), Path(name)) as urls,
+    ):
+        for kind, url in urls:
+            with Harness(Path(name) / kind, database_url=url) as h:
+                rate = throughput(h, args.lines)
+                seen = sorted(latency(h, args.ticks))
+            p50 = statistics.median(seen)
+            p99 = seen[max(int(len(seen) * 0.99) - 1, 0)]
+            print(f"{kind:10s} shipping {rate:8.0f} lines/s ({args.lines} lines)   "
+                  f"print -> mlsmctl logs -f: p50 {p50 * 1000:.0f} ms, "
+                  f"p99 {p99 * 1000:.0f} ms ({len(seen)} lines)")  # fmt: skip
 
 
 if __name__ == "__main__":

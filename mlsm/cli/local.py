@@ -9,7 +9,6 @@ then the controller; `mlsmctl up` again carries on from the same state.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -229,7 +228,3 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def default_node() -> str:
-    return os.environ.get("MLSM_NODE", "local")

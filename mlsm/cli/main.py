@@ -245,10 +245,31 @@ def describe(
     obj = client.object(_kind(kind), name)
     trainer = None
     if obj["kind"] == "TrainingJob" and (obj.get("spec") or {}).get("trainer") and obj.get("runs"):
-        latest = max(obj["runs"], key=lambda r: (r["attempt"], r["createdAt"] or ""))
+        latest = _latest(obj["runs"])
         records = client.read(f"/runs/{latest['id']}/metrics", {})["records"]
         trainer = views.trainer_summary(obj["spec"]["trainer"], latest, records)
     typer.echo(views.describe(obj, trainer=trainer))
+
+
+RunOption = Annotated[
+    str | None,
+    typer.Option("--run", show_default=False,
+                 help="A run's id or its first characters (default: the latest run)."),
+]  # fmt: skip
+
+
+def _latest(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(max(runs, key=lambda r: (r["attempt"], r["createdAt"] or "")))
+
+
+def _job_run(
+    what: str, kind: str, name: str, run: str | None, server: str | None, token: str | None
+) -> tuple[Client, dict[str, Any]]:
+    """For `mlsmctl logs|metrics job NAME`: the client and the run asked for."""
+    if _kind(kind) != "TrainingJob":
+        raise UsageError(f"{what} belong to jobs: mlsmctl {what} job NAME")
+    client = Client(server, token)
+    return client, _run_of(client, name, run)
 
 
 def _run_of(client: Client, name: str, run: str | None) -> dict[str, Any]:
@@ -260,7 +281,7 @@ def _run_of(client: Client, name: str, run: str | None) -> dict[str, Any]:
         raise UserError(f"job {name} has not run yet (phase {phase}); "
                         f"`mlsmctl describe job {name}` says why")  # fmt: skip
     if run is None:
-        return dict(max(runs, key=lambda r: (r["attempt"], r["createdAt"] or "")))
+        return _latest(runs)
     chosen = [r for r in runs if r["id"].startswith(run)]
     if len(chosen) != 1:
         known = ", ".join(r["id"][:8] for r in runs)
@@ -275,9 +296,7 @@ def logs(
     name: Annotated[str, typer.Argument(show_default=False)],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines "
                                          "until the run ends.")] = False,
-    run: Annotated[str | None, typer.Option("--run", show_default=False,
-                                            help="A run's id or its first characters "
-                                            "(default: the latest run).")] = None,
+    run: RunOption = None,
     tail: Annotated[int | None, typer.Option("--tail", show_default=False,
                                              help="Only the last N lines.")] = None,
     server: ServerOption = None,
@@ -286,10 +305,7 @@ def logs(
 ) -> None:  # fmt: skip
     """Print a job's output (stdout and stderr, as its agent shipped it), as
     `kubectl logs` does."""
-    if _kind(kind) != "TrainingJob":
-        raise UsageError("logs belong to jobs: mlsmctl logs job NAME")
-    client = Client(server, token)
-    chosen = _run_of(client, name, run)
+    client, chosen = _job_run("logs", kind, name, run, server, token)
     path = f"/runs/{chosen['id']}/logs"
     after = -1
     if tail is not None:
@@ -320,19 +336,14 @@ def logs(
 def metrics(
     kind: Annotated[str, typer.Argument(help="job.", show_default=False)],
     name: Annotated[str, typer.Argument(show_default=False)],
-    run: Annotated[str | None, typer.Option("--run", show_default=False,
-                                            help="A run's id or its first characters "
-                                            "(default: the latest run).")] = None,
+    run: RunOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
     version: VersionOption = False,
 ) -> None:  # fmt: skip
     """The last value of each metric per epoch, from the records the job wrote to
     $MLSM_METRICS_FILE."""
-    if _kind(kind) != "TrainingJob":
-        raise UsageError("metrics belong to jobs: mlsmctl metrics job NAME")
-    client = Client(server, token)
-    chosen = _run_of(client, name, run)
+    client, chosen = _job_run("metrics", kind, name, run, server, token)
     records = client.read(f"/runs/{chosen['id']}/metrics", {})["records"]
     if not records:
         typer.echo(f"run {chosen['id'][:8]} of job {name} has written no metrics yet.", err=True)

@@ -61,6 +61,14 @@ def get_job(client: httpx.Client, name: str) -> dict[str, Any]:
     return dict(response.json())
 
 
+def cli(client: httpx.Client, *args: str) -> str:
+    """`mlsmctl ARGS` against the controller; its standard output."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", *args], capture_output=True, text=True, check=True,
+        env={**os.environ, "MLSM_SERVER": str(client.base_url)},
+    ).stdout  # fmt: skip
+
+
 def phase(client: httpx.Client, name: str) -> str:
     response = client.get(f"/api/v1/jobs/{name}")
     return str(response.json()["status"]["phase"]) if response.status_code == 200 else ""
@@ -150,10 +158,7 @@ def test_jobs_succeed_fail_retry_and_stop_at_max_duration(
     assert bad[0]["exitCode"] == 3
     assert "boom" in bad[0]["message"]
     assert get_job(client, "bad")["status"]["restarts"] == 1
-    page = subprocess.run(
-        [sys.executable, "-m", "mlsm.cli", "describe", "job", "bad"], capture_output=True,
-        text=True, env={**os.environ, "MLSM_SERVER": str(client.base_url)}, check=True,
-    ).stdout  # fmt: skip
+    page = cli(client, "describe", "job", "bad")
     assert "Runs:" in page
     assert page.count(" Failed ") >= 2
     assert "Last run (" in page
@@ -394,7 +399,7 @@ def test_logs_survive_a_killed_agent_and_a_restarted_controller_without_gap_or_d
     repo.commit("chatty")
     wait_phase(client, "chatty", "Running")
     [run] = runs_of(client, "chatty")
-    wait_for(lambda: shipped(client, run["id"]) > 1000)
+    wait_for(lambda: shipped(client, run["id"]) > 1000, timeout=60)
 
     # kill -9 the agent mid-shipping; a new agent process on the same storage adopts
     # the run (it is not started again) and ships on from the offset held.
@@ -402,27 +407,24 @@ def test_logs_survive_a_killed_agent_and_a_restarted_controller_without_gap_or_d
     agents["n1"].process.wait()
     agent = start_agent(client, "n1", (agents["n1"].root.parent / "token").read_text().strip(),
                         gpus=0, again=agents["n1"])  # fmt: skip
-    wait_for(lambda: "adopted" in agent.output())
+    wait_for(lambda: "adopted" in agent.output(), timeout=60)
     before = shipped(client, run["id"])
-    wait_for(lambda: shipped(client, run["id"]) > before + 1000)
+    wait_for(lambda: shipped(client, run["id"]) > before + 1000, timeout=60)
 
     # The controller killed and restarted (same database and port) mid-shipping.
     port = client.base_url.port
     client.process.kill()  # type: ignore[attr-defined]
     client = start(str(repo.root), "--poll-interval", "600", port=port)
     before = shipped(client, run["id"])
-    wait_for(lambda: shipped(client, run["id"]) > before + 1000, timeout=30)
+    wait_for(lambda: shipped(client, run["id"]) > before + 1000, timeout=60)
 
     (agent.root / "jobs/chatty/output/finish").write_text("")
-    wait_phase(client, "chatty", "Succeeded")
+    wait_phase(client, "chatty", "Succeeded", timeout=60)
     assert [r["id"] for r in runs_of(client, "chatty")] == [run["id"]], "never started twice"
     size = (agent.root / "runs" / run["id"] / "output.log").stat().st_size
-    wait_for(lambda: shipped(client, run["id"]) == size, timeout=30)
+    wait_for(lambda: shipped(client, run["id"]) == size, timeout=60)
 
-    printed = subprocess.run(
-        [sys.executable, "-m", "mlsm.cli", "logs", "job", "chatty"], capture_output=True,
-        text=True, env={**os.environ, "MLSM_SERVER": str(client.base_url)}, check=True,
-    ).stdout.splitlines()  # fmt: skip
+    printed = cli(client, "logs", "job", "chatty").splitlines()
     numbered = [line for line in printed if line.startswith("line ")]
     assert numbered == [f"line {i}" for i in range(len(numbered))], "no gap, no duplicate"
     assert len(numbered) > 3000
@@ -430,11 +432,7 @@ def test_logs_survive_a_killed_agent_and_a_restarted_controller_without_gap_or_d
     assert big.startswith("x" * 100)
     assert big.endswith(f"… [line cut: {10_000_000 - 16 * 1024} more bytes]")
     assert printed[len(numbered) + 1 :] == ["bad \\xff\\xfe bytes", "done"]
-    tail = subprocess.run(
-        [sys.executable, "-m", "mlsm.cli", "logs", "job", "chatty", "--tail", "2"],
-        capture_output=True, text=True, check=True,
-        env={**os.environ, "MLSM_SERVER": str(client.base_url)},
-    ).stdout  # fmt: skip
+    tail = cli(client, "logs", "job", "chatty", "--tail", "2")
     assert tail == "bad \\xff\\xfe bytes\ndone\n"
 
 

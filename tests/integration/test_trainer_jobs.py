@@ -4,8 +4,6 @@ its metrics shipped and visible through the API, `mlsmctl metrics` and `describe
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -13,7 +11,7 @@ import httpx
 
 from mlsm.training.demo import write_digits
 from tests.integration.conftest import AgentProcess, GitRepo
-from tests.integration.test_agents import get_job, runs_of, started, wait_phase
+from tests.integration.test_agents import cli, get_job, runs_of, started, wait_phase
 
 PYTHON = ".".join(map(str, sys.version_info[:2]))
 
@@ -43,13 +41,6 @@ TRAINER = f"""
       dataset: digits
       resources: {{gpus: 0, cpu: 1}}
 """
-
-
-def cli(client: httpx.Client, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "mlsm.cli", *args], capture_output=True, text=True, check=True,
-        env={**os.environ, "MLSM_SERVER": str(client.base_url)},
-    ).stdout  # fmt: skip
 
 
 def test_a_trainer_job_trains_on_its_node_and_its_metrics_reach_the_api(
