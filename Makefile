@@ -7,11 +7,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: help install system test unit lint format run bench clean
+.PHONY: help install lock system test unit lint format run bench clean
 
 help:
 	@echo "make test    install into .venv, lint, validate manifests/, run the test suite"
 	@echo "make lint    ruff, mypy --strict, import-linter"
+	@echo "make lock    re-resolve requirements.lock from pyproject.toml (on purpose only)"
 	@echo "make bench   benchmarks in bench/ (prints figures)"
 	@echo "make run     the main job (see README)"
 
@@ -22,22 +23,31 @@ system:
 	  echo "installing PostgreSQL (the store tests run against a real server)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-$(STAMP): pyproject.toml
+# Exact versions from requirements.lock (a new release of anything changes nothing
+# until `make lock`), then mlsm itself without resolving again; pip check fails when
+# pyproject.toml asks for something the lock lacks.
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,training]'
+	$(PIP) install --quiet -r requirements.lock >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	$(PIP) install --quiet --no-deps --no-build-isolation -e . >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(PIP) check || { echo "requirements.lock does not satisfy pyproject.toml: run make lock"; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+lock:
+	$(PYTHON) tools/lock_dependencies.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check mlsm tests bench
-	$(BIN)/ruff format --check mlsm tests bench
+	$(BIN)/ruff check mlsm tests bench tools
+	$(BIN)/ruff format --check mlsm tests bench tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: $(STAMP)
-	$(BIN)/ruff format mlsm tests bench
-	$(BIN)/ruff check --fix mlsm tests bench
+	$(BIN)/ruff format mlsm tests bench tools
+	$(BIN)/ruff check --fix mlsm tests bench tools
 
 unit: $(STAMP) system
 	$(BIN)/python -m pytest -q
@@ -52,6 +62,7 @@ bench: $(STAMP) system
 	$(BIN)/python bench/trainer.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/heartbeats.py
+	$(BIN)/python bench/bad_tokens.py
 	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/logs.py
 	$(BIN)/python bench/agent_idle.py

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mlsm.controller.applying import FINISHED
-from mlsm.controller.heartbeats import Beat, Identities, NodeState, NodeTable
+from mlsm.controller.heartbeats import TOKEN_SECONDS, Beat, Identities, NodeState, NodeTable
 from mlsm.controller.leasing import Leases, finish_failed_run
 from mlsm.controller.outputs import STREAMS, store_lines
 from mlsm.controller.tokens import bearer, live_token, token_digest
@@ -59,15 +59,19 @@ class AgentApi:
         *,
         changed: Callable[[], None] = lambda: None,
         leases: Leases | None = None,
+        recheck: float = 1.0,
+        token_cache: float = TOKEN_SECONDS,
     ) -> None:
         self.store = store
+        self.recheck = recheck
+        """Seconds between reads of a waiting long poll (a binding here wakes it at once)."""
         self.changed = changed
         self.leases = leases or Leases()
         self._revision_moved = anyio.Event()
         self._output_moved = anyio.Event()
         self._catalog: dict[str, dict[str, dict[str, str]]] | None = None
         self._catalog_generation = 0
-        self._identities = Identities(store)
+        self.identities = Identities(store, reload_after=token_cache)
         self._node_table = NodeTable(store, self._catalog_by_node)
         self._pending: dict[int, Beat] = {}
         self._flushing = False
@@ -188,7 +192,7 @@ class AgentApi:
         (`heartbeats.Identities`, `heartbeats.NodeTable`)."""
         if not token:
             raise AgentError(401, "an agent needs its node token: Authorization: Bearer <token>")
-        identity = await self._identities.lookup(token_digest(token))
+        identity = await self.identities.lookup(token_digest(token))
         if identity is None or identity[0] != "node":
             raise AgentError(401, "invalid or revoked node token")
         if identity[1] != name:
@@ -213,7 +217,7 @@ class AgentApi:
                 return JSONResponse(answer or await self._run(self._assignments, name, token, -2))
             if await request.is_disconnected():  # the agent went away: stop polling for it
                 return Response(status_code=204)
-            with anyio.move_on_after(min(1.0, deadline - anyio.current_time())):
+            with anyio.move_on_after(min(self.recheck, deadline - anyio.current_time())):
                 await moved.wait()
 
     def _assignments(self, name: str, token: str, known: int) -> dict[str, Any] | None:

@@ -162,6 +162,32 @@ def run(
             help="Seconds without heartbeats before its runs are Lost and retried elsewhere.",
         ),
     ] = 300.0,
+    token_cache: Annotated[
+        float,
+        typer.Option(
+            envvar="MLSM_TOKEN_CACHE",
+            min=0.0,
+            help="Seconds live node tokens are held in memory: how long a revoked node "
+            "token may still work. (A token issued meanwhile works at once.)",
+        ),
+    ] = 10.0,
+    schedule_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="MLSM_SCHEDULE_INTERVAL",
+            min=0.05,
+            help="Seconds between scheduling passes; a sync or an agent report starts one at once.",
+        ),
+    ] = 1.0,
+    recheck_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="MLSM_RECHECK_INTERVAL",
+            min=0.05,
+            help="Seconds between database reads of a waiting assignment long poll; a "
+            "binding by this controller answers it at once.",
+        ),
+    ] = 1.0,
     version: VersionOption = False,
 ) -> None:
     """Follow the branch, reconcile it into the database, and serve the API."""  # fmt: skip
@@ -170,7 +196,8 @@ def run(
         repo=repo, branch=branch, path=path, database_url=database_url, host=host, port=port,
         poll_interval=poll_interval, webhook_secret=webhook_secret, state_dir=state_dir,
         allow_mass_prune=allow_mass_prune, max_prune_share=max_prune_share, watch=watch,
-        node_grace=node_grace, node_lost=node_lost,
+        node_grace=node_grace, node_lost=node_lost, token_cache=token_cache,
+        schedule_interval=schedule_interval, recheck_interval=recheck_interval,
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("alembic", "watchfiles", "httpx"):
@@ -227,7 +254,8 @@ def revoke_token(
     prefix: Annotated[str, typer.Argument(help="The token, or its first 12 characters.")],
     database_url: DatabaseOption = None,
 ) -> None:
-    """Revoke a token: it stops working at once."""
+    """Revoke a token: an admin or read token stops working at once, a node token
+    within 10 s (the agent API holds live node tokens in memory)."""
     store = Store.open(database_url)
     store.check_migrated()
     with store.write() as session:

@@ -54,6 +54,11 @@ class Settings:
     """Seconds without a heartbeat before a node's runs are Lost and retried elsewhere."""
     schedule_interval: float = 1.0
     """Seconds between scheduling passes (a sync or an agent report also starts one)."""
+    recheck_interval: float = 1.0
+    """Seconds between database reads of a waiting assignment long poll (a binding by
+    this controller wakes it at once; the read sees changes made elsewhere)."""
+    token_cache: float = 10.0
+    """Seconds live node tokens are held in memory: a revoked one works this long."""
 
 
 class Controller:
@@ -73,7 +78,13 @@ class Controller:
             grace=dt.timedelta(seconds=settings.node_grace),
             lost=dt.timedelta(seconds=settings.node_lost),
         )
-        self.agents = AgentApi(store, changed=self.request_schedule, leases=self.leases)
+        self.agents = AgentApi(
+            store,
+            changed=self.request_schedule,
+            leases=self.leases,
+            recheck=settings.recheck_interval,
+            token_cache=settings.token_cache,
+        )
         self.app = create_app(
             store,
             on_webhook=self.request_sync,

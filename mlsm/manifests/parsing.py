@@ -72,9 +72,8 @@ class Limits:
     max_documents: int = 10_000
     """Most documents ('---') in one file."""
     structure_scan_over: int = 2_000
-    """Files with more structural characters than this get an iterative depth scan
-    before libyaml composes them: its composer recurses in C and would crash on
-    deep nesting instead of raising."""
+    """Pieces of a file longer than 4 KiB with more structural characters than this
+    are left to the careful path: yaml-rs recurses on the stack for block nesting."""
 
 
 DEFAULT_LIMITS = Limits()
@@ -237,6 +236,13 @@ def _scalar(node: ScalarNode) -> Any:
     )
 
 
+def _too_deep(max_depth: int) -> str:
+    return (
+        f"nested deeper than {max_depth} levels, the limit for a manifest; look for a '[' "
+        "or '{' that is never closed, or flatten the structure"
+    )
+
+
 def _bad_collection_tag(node: Node) -> _Invalid:
     return _Invalid(
         node,
@@ -251,7 +257,7 @@ def _build_plain(node: Node, depth: int, max_depth: int) -> Any:
     if cls is ScalarNode:
         return node.value if node.tag == _STR else _scalar(node)  # type: ignore[arg-type]
     if depth >= max_depth:
-        raise _Invalid(node, f"nested deeper than {max_depth} levels")
+        raise _Invalid(node, _too_deep(max_depth))
     if cls is MappingNode:
         if node.tag != _MAP:
             raise _bad_collection_tag(node)
@@ -294,7 +300,7 @@ class _Builder:
         if key in self.open:
             raise _Invalid(node, "an alias refers to a value that contains it (recursive)")
         if depth >= self.limits.max_depth:
-            raise _Invalid(node, f"nested deeper than {self.limits.max_depth} levels")
+            raise _Invalid(node, _too_deep(self.limits.max_depth))
         if node.tag not in (_MAP, _SEQ):
             raise _bad_collection_tag(node)
         before = self.budget
@@ -349,31 +355,54 @@ class _Builder:
         )
 
 
+class _PureEvents(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
+    """PyYAML's Python parser: slower than libyaml's, but with no nesting limit of its
+    own, so that mlsm's limit is the one a user meets."""
+
+    def __init__(self, data: bytes) -> None:
+        yaml.reader.Reader.__init__(self, data)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+
+
 def _check_depth(data: bytes, path: str, limits: Limits) -> Problem | None:
-    """Refuse deep nesting before libyaml's recursive composer sees it."""
-    if sum(data.count(c) for c in _STRUCTURE_CHARS) <= limits.structure_scan_over:
-        return None
+    """Refuse nesting deeper than `limits.max_depth` before anything else sees it:
+    libyaml's composer recurses in C, and libyaml refuses deep nesting itself, in its
+    own words and at its own depth (1,000 levels, found by a scanner that reads ahead
+    1,024 characters). Its event parser finds the first level too deep in a file that
+    nests moderately; where it gives up first (nesting it will not scan, or a syntax
+    error), the Python parser looks again, up to the first problem it meets."""
+    if sum(data.count(c) for c in _STRUCTURE_CHARS) <= limits.max_depth:
+        return None  # too few collection starts to nest that deep
     loader = _Loader(data)
-    depth = 0
     try:
-        while loader.check_event():
-            event = loader.get_event()
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > limits.max_depth:
-                    mark = event.start_mark
-                    return Problem(
-                        path=path,
-                        line=mark.line + 1 if mark else 1,
-                        column=mark.column + 1 if mark else 1,
-                        message=f"nested deeper than {limits.max_depth} levels",
-                    )
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
+        return _first_too_deep(loader, path, limits)
     except yaml.YAMLError:
-        return None  # the real parse reports the syntax error with its context
+        pass
     finally:
         loader.dispose()
+    try:
+        return _first_too_deep(_PureEvents(data), path, limits)
+    except yaml.YAMLError:
+        return None  # the real parse reports the syntax error with its context
+
+
+def _first_too_deep(events: Any, path: str, limits: Limits) -> Problem | None:
+    depth = 0
+    while events.check_event():
+        event = events.get_event()
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > limits.max_depth:
+                mark = event.start_mark
+                return Problem(
+                    path=path,
+                    line=mark.line + 1 if mark else 1,
+                    column=mark.column + 1 if mark else 1,
+                    message=_too_deep(limits.max_depth),
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
     return None
 
 
@@ -493,6 +522,11 @@ def too_large(path: str, size: int, limits: Limits) -> Problem:
 # file with flow collections, a ':' right before a flow indicator (`[a:]`), with no
 # key before it (`[:a]`), or starting a value (`{a: :b}`); anywhere, an empty key
 # (`- : a`) or an explicit key (`? a`, which the two read differently when empty).
+# In a file with flow collections, also: a flow collection left open at the end of a
+# line (libyaml refuses a key that spans lines, `{ "multi<newline> line": v}`, and
+# yaml-rs reads it), a ':' right after a quoted key with no space after it
+# (`{"key"::v}`, `{"k":?v}`), `:?` (`{k:?v}`), and '|' or '>' starting a flow node
+# (`{k: |v}`), which yaml-rs reads as text and libyaml as a block scalar's header.
 # Every pattern is linear in the file's size.
 _CAREFUL_BYTES = re.compile(rb"[&*!\t\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CAREFUL_TEXT = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]|\xef\xbb\xbf|\xef\xbf[\xbe\xbf]")
@@ -502,6 +536,11 @@ _FLOW_COLON = re.compile(rb":(?:[,\[\]{}]|(?<= :)[^ \n])")  # literal first: fas
 _FLOW_EMPTY_KEY = re.compile(rb"[\[{,] *:")
 _EMPTY_KEY = re.compile(rb"^[ -]*:(?=[ \n]|$)", re.MULTILINE)
 _EXPLICIT_KEY = re.compile(rb"\?(?<![^ \n\[{,]\?)")
+_QUOTED_KEY_COLON = re.compile(rb"[\"']:[^ \n]")
+_FLOW_BLOCK_INDICATOR = re.compile(rb"[|>](?<=[\[{, :].)(?![-+0-9]*(?:[ \n]|$))")
+_QUOTED_ON_LINE = re.compile(rb"""(?:(?<=[\[{, :])|^ *)(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\n]|'')*')""")
+_QUOTE_LEFT_OPEN = re.compile(rb"""(?:(?<=[\[{, :])|^ *)["']""")
+_COMMENT_ON_LINE = re.compile(rb"(?:^| )#.*")
 _MARKERS = re.compile(rb"^(?:---|\.\.\.)(?=[ \n]|$)", re.MULTILINE)
 _CONTENT = re.compile(rb"^( *)[^ \n#]", re.MULTILINE)
 _KEY_TYPES = frozenset({str, int, bool, type(None)})  # float keys: NaN is never equal
@@ -522,7 +561,14 @@ def _needs_care(data: bytes) -> bool:
         or (b"_" in data and _UNDERSCORE_NUMBER.search(data))
         or (
             (b"[" in data or b"{" in data)
-            and (_FLOW_COLON.search(data) or _FLOW_EMPTY_KEY.search(data))
+            and (
+                _FLOW_COLON.search(data)
+                or _FLOW_EMPTY_KEY.search(data)
+                or b":?" in data
+                or ((b'":' in data or b"':" in data) and _QUOTED_KEY_COLON.search(data))
+                or ((b"|" in data or b">" in data) and _FLOW_BLOCK_INDICATOR.search(data))
+                or _flow_left_open(data)
+            )
         )
         or (
             (data.startswith(b":") or b" :" in data or b"-:" in data or b"\n:" in data)
@@ -531,6 +577,32 @@ def _needs_care(data: bytes) -> bool:
         or (b"?" in data and _EXPLICIT_KEY.search(data))
         or (not data.endswith(b"\n") and (b"|" in data or b">" in data))  # yaml-rs keeps a
     )  # block scalar's final line break where the file has none
+
+
+def _flow_left_open(data: bytes) -> bool:
+    """Whether a line leaves a flow collection (or a quoted scalar in one) open for the
+    next: more '[' and '{' than ']' and '}' once quoted scalars and comments are taken
+    out. Counting is conservative: a bracket inside a plain scalar counts too."""
+    square, curly = data.find(b"["), data.find(b"{")
+    while square >= 0 or curly >= 0:
+        start = curly if square < 0 or 0 <= curly < square else square
+        begin = data.rfind(b"\n", 0, start) + 1
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        line = data[begin:end]
+        if b'"' in line or b"'" in line:
+            line = _QUOTED_ON_LINE.sub(b"", line)
+            if _QUOTE_LEFT_OPEN.search(line):
+                return True
+        if b"#" in line:
+            line = _COMMENT_ON_LINE.sub(b"", line)
+        if line.count(b"[") + line.count(b"{") > line.count(b"]") + line.count(b"}"):
+            return True
+        if square >= 0 and square < end:
+            square = data.find(b"[", end)
+        if curly >= 0 and curly < end:
+            curly = data.find(b"{", end)
+    return False
 
 
 def _fits(value: Any, depth: int, max_depth: int, blocks: bool) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from tests.databases import sqlite_only
 from tests.integration.conftest import AgentProcess, GitRepo, issue_node_token, wait_for
 
 
@@ -121,6 +122,7 @@ def ready(client: httpx.Client, name: str) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
+@sqlite_only
 def test_jobs_succeed_fail_retry_and_stop_at_max_duration(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],
@@ -185,6 +187,7 @@ UNTIL_TOLD = (
 )
 
 
+@sqlite_only
 def test_a_job_waits_for_a_gpu_runs_when_it_frees_and_is_cancelled_from_git(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],
@@ -221,6 +224,7 @@ def test_a_job_waits_for_a_gpu_runs_when_it_frees_and_is_cancelled_from_git(
     assert (run["phase"], run["reason"]) == ("Cancelled", "Pruned")
 
 
+@sqlite_only
 def test_a_silent_node_loses_its_run_and_its_stale_copy_is_stopped_when_it_returns(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],
@@ -268,6 +272,7 @@ def dataset(checksum: str = "") -> str:
     """
 
 
+@sqlite_only
 def test_a_job_runs_where_its_dataset_really_lies(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],
@@ -305,6 +310,7 @@ def test_a_job_runs_where_its_dataset_really_lies(
     assert message == "0/2 nodes available: 2 lack dataset cats"
 
 
+@sqlite_only
 def test_a_requirement_that_cannot_be_installed_fails_with_env_build_failed(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],
@@ -322,6 +328,7 @@ def test_a_requirement_that_cannot_be_installed_fails_with_env_build_failed(
     assert not list((agents["n1"].root / "envs").glob("*/.mlsm-ready")), "no half-built env kept"
 
 
+@sqlite_only
 def test_bad_missing_and_cross_node_tokens_are_refused(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],
@@ -436,6 +443,7 @@ def test_logs_survive_a_killed_agent_and_a_restarted_controller_without_gap_or_d
     assert tail == "bad \\xff\\xfe bytes\ndone\n"
 
 
+@sqlite_only
 def test_a_run_that_ends_while_its_agent_is_down_is_reported_with_its_exit_status(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],

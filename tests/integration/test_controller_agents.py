@@ -15,16 +15,20 @@ import httpx
 from tests.integration.conftest import GitRepo, wait_for
 from tests.integration.test_assigning import manifest_job, manifest_node
 
+CACHE = 2.0
 INVENTORY = {"cpus": 8, "memory": 32 << 30, "runtimes": ["venv"], "gpus": [{"index": 0}]}
 
 
-def issue(database_url: str, node: str) -> str:
+def token(database_url: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "mlsm.controller", "token", "issue", "--role", "node",
-         "--node", node, "--database-url", database_url],
+        [sys.executable, "-m", "mlsm.controller", "token", *args, "--database-url", database_url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return done.stdout.strip()
+
+
+def issue(database_url: str, node: str) -> str:
+    return token(database_url, "issue", "--role", "node", "--node", node)
 
 
 class Agent:
@@ -34,11 +38,14 @@ class Agent:
         self.revision = -1
 
     def beat(self, runs: list[str] | None = None) -> dict[str, Any]:
-        response = self.client.post(f"/api/v1/agent/nodes/{self.node}/heartbeat",
-                                    json={"inventory": INVENTORY, "runs": runs or []},
-                                    headers=self.headers)  # fmt: skip
+        response = self.try_beat(runs)
         assert response.status_code == 200, response.text
         return dict(response.json())
+
+    def try_beat(self, runs: list[str] | None = None) -> httpx.Response:
+        return self.client.post(f"/api/v1/agent/nodes/{self.node}/heartbeat",
+                                json={"inventory": INVENTORY, "runs": runs or []},
+                                headers=self.headers)  # fmt: skip
 
     def assignments(self, wait: float = 10) -> list[dict[str, Any]]:
         response = self.client.get(f"/api/v1/agent/nodes/{self.node}/assignments",
@@ -93,3 +100,47 @@ def test_jobs_reach_agents_run_in_turn_and_move_off_a_lost_node(
     assert moved["attempt"] == 2
     assert n1.beat(runs=[next_run["id"]])["stop"] == [next_run["id"]]  # back: told to stop
     assert n1.report(next_run["id"], "Running").status_code == 409
+
+
+def test_a_token_works_on_its_first_request_and_stops_within_the_bound_once_revoked(
+    start: Callable[..., httpx.Client], repo: GitRepo, database_url: str
+) -> None:
+    repo.write("nodes/n1.yaml", manifest_node("n1", "a100"))
+    repo.commit()
+    client = start(str(repo.root), "--poll-interval", "600", "--token-cache", str(CACHE))
+    wait_for(lambda: client.get("/api/v1/nodes/n1").status_code == 200)
+    Agent(client, "n1", issue(database_url, "n1")).beat()  # the token table is loaded now
+    for _ in range(4):  # each issued by its own process while the controller runs
+        secret = issue(database_url, "n1")
+        agent = Agent(client, "n1", secret)
+        agent.beat()  # (200 on the very first request)
+        assert agent.assignments(wait=0) == []
+    token(database_url, "revoke", secret)
+    revoked = time.monotonic()
+    assert wait_for(lambda: agent.try_beat().status_code == 401, timeout=CACHE + 5)
+    assert time.monotonic() - revoked < CACHE + 1, "within --token-cache"
+    assert agent.try_beat().json()["error"] == "invalid or revoked node token"
+
+
+def test_a_merged_job_reaches_a_waiting_agent_by_wake_ups_not_by_periodic_reads(
+    start: Callable[..., httpx.Client], repo: GitRepo, database_url: str
+) -> None:
+    # Every periodic path is 30 s or more: only the chain of wake-ups (watch -> sync ->
+    # scheduling pass -> long poll) can bring the run in time.
+    repo.write("nodes/n1.yaml", manifest_node("n1", "a100"))
+    repo.commit()
+    client = start(str(repo.root), "--poll-interval", "600", "--schedule-interval", "30",
+                   "--recheck-interval", "30")  # fmt: skip
+    wait_for(lambda: client.get("/api/v1/nodes/n1").status_code == 200)
+    n1 = Agent(client, "n1", issue(database_url, "n1"))
+    n1.beat()
+    assert n1.assignments(wait=0) == []
+    # the pass that the node's first heartbeat starts has run (0.3 s for it to finish)
+    wait_for(lambda: client.get("/api/v1/nodes/n1").json()["status"]["lastHeartbeatAt"])
+    time.sleep(0.3)
+    repo.write("jobs/first.yaml", manifest_job("first", 1))
+    repo.commit("A job")
+    started = time.monotonic()
+    [run] = n1.assignments(wait=20)
+    assert run["job"] == "first"
+    assert time.monotonic() - started < 3

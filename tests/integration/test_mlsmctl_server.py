@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.databases import sqlite_only
 from tests.integration.conftest import GitRepo, job, node, wait_for
 
 
@@ -23,6 +24,7 @@ def mlsmctl(client: httpx.Client, *args: str) -> subprocess.CompletedProcess[str
                           text=True, env=env)  # fmt: skip
 
 
+@sqlite_only
 def test_get_and_describe_show_what_the_controller_holds(
     start: Callable[..., httpx.Client], repo: GitRepo
 ) -> None:
@@ -82,6 +84,7 @@ def test_an_unreachable_controller_is_one_line() -> None:
     assert "Traceback" not in done.stderr
 
 
+@sqlite_only
 def test_diff_says_what_the_controller_would_do_with_a_path(
     start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path
 ) -> None:
@@ -124,6 +127,7 @@ def issue_token(client: httpx.Client, database_url: str, role: str) -> str:
     return done.stdout.strip()
 
 
+@sqlite_only
 def test_apply_and_delete_commit_into_a_local_source(
     start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path, database_url: str
 ) -> None:
@@ -168,6 +172,7 @@ def test_apply_and_delete_commit_into_a_local_source(
     assert "required field is missing" in bad.stderr
 
 
+@sqlite_only
 def test_apply_is_refused_for_a_remote_branch(
     start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path, database_url: str
 ) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 
 from mlsm.training.demo import write_digits
+from tests.databases import sqlite_only
 from tests.integration.conftest import AgentProcess, GitRepo
 from tests.integration.test_agents import cli, get_job, runs_of, started, wait_phase
 
@@ -43,6 +44,7 @@ TRAINER = f"""
 """
 
 
+@sqlite_only
 def test_a_trainer_job_trains_on_its_node_and_its_metrics_reach_the_api(
     start: Callable[..., httpx.Client],
     start_agent: Callable[..., AgentProcess],

@@ -76,12 +76,37 @@ def scalars(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def flows(draw: st.DrawFn) -> str:
-    items = draw(st.lists(scalars(), max_size=3))
-    if draw(st.booleans()):
-        return "[" + ", ".join(items) + "]"
-    pairs = [f"{draw(keys)}: {item}" for item in items]
-    return "{" + ", ".join(pairs) + "}"
+def flow_scalars(draw: st.DrawFn) -> str:
+    """A scalar inside a flow collection, sometimes starting with an indicator."""
+    prefix = draw(st.sampled_from(["", "", "", "", ":", "::", "?", "|", ">", "-", "|-"]))
+    return prefix + draw(tokens) if prefix else draw(scalars())
+
+
+@st.composite
+def flow_keys(draw: st.DrawFn, indent: int) -> str:
+    """A key of a flow mapping: plain or quoted, now and then broken across lines."""
+    key, style = draw(keys), draw(st.sampled_from(["plain", "double", "single"]))
+    if draw(st.integers(0, 5)) == 0:  # spans two lines
+        key = key + "\n" + " " * indent + draw(keys)
+    if style == "double":
+        return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if style == "single":
+        return "'" + key.replace("'", "''") + "'"
+    return key
+
+
+@st.composite
+def flows(draw: st.DrawFn, indent: int = 0) -> str:
+    """A flow sequence or mapping, on one line or spread over several."""
+    inner = " " * (indent + 2)
+    items = draw(st.lists(flow_scalars(), max_size=3))
+    gap = draw(st.sampled_from([", ", ", ", ",", ",\n" + inner, "\n" + inner + ", "]))
+    start = draw(st.sampled_from(["", "", " ", "\n" + inner]))
+    if not draw(st.booleans()):
+        colons = st.sampled_from([": ", ": ", ":", ":\n" + inner])
+        items = [f"{draw(flow_keys(indent + 2))}{draw(colons)}{item}" for item in items]
+        return "{" + start + gap.join(items) + "}"
+    return "[" + start + gap.join(items) + "]"
 
 
 @st.composite
@@ -107,7 +132,7 @@ def blocks(draw: st.DrawFn, indent: int = 0, depth: int = 0) -> list[str]:
                                  min_size=1, max_size=3))  # fmt: skip
             lines += [(" " * (indent + 2) + b) if b else "" for b in body]
         elif shape == "flow":
-            lines.append(head + " " + draw(flows()))
+            lines.append(head + " " + draw(flows(indent)))
         elif shape == "empty":
             lines.append(head)
         else:
@@ -134,6 +159,9 @@ def files(draw: st.DrawFn) -> bytes:
 @example(b"a: 1\n---\n---\nb: 2\n")
 @example(b"# c\n---\n  a: 1\n")
 @example(b"- 0x1F\n- 1e3\n- .NaN\n- yes\n")
+@example(b'- { "multi\n  line": value}\n')
+@example(b"- { multi\n  line: value}\n")
+@example(b'- { "key"::value }\n')
 def test_fast_and_careful_paths_read_manifest_like_files_the_same(data: bytes) -> None:
     assert_paths_agree(data)
 
@@ -175,7 +203,30 @@ def test_the_example_manifests_take_the_fast_path(path: Path) -> None:
         pytest.param(b"|\n0\n", id="bare-value"),
         pytest.param(b"a: {?}\n", id="explicit-key"),
         pytest.param(b"- a: 1\n" * 1100, id="large-with-much-structure"),
+        pytest.param(b'- { "multi\n  line": value}\n', id="double-quoted-flow-key-on-two-lines"),
+        pytest.param(b"- { multi\n  line: value}\n", id="plain-flow-key-on-two-lines"),
+        pytest.param(b"- [a,\n  b]\n", id="flow-sequence-on-two-lines"),
+        pytest.param(b'- ["a\n  b"]\n', id="quoted-scalar-leaving-a-flow-line-open"),
+        pytest.param(b'- { "key"::value }\n', id="colon-after-a-quoted-key-and-its-colon"),
+        pytest.param(b"- {'k':?x}\n", id="question-mark-after-a-quoted-keys-colon"),
+        pytest.param(b"- {k:?x}\n", id="colon-question-mark"),
+        pytest.param(b"- {k: |x}\n", id="literal-indicator-starting-a-flow-node"),
+        pytest.param(b"- [a, >x]\n", id="folded-indicator-starting-a-flow-node"),
     ],
 )
 def test_what_only_the_careful_path_reads(data: bytes) -> None:
     assert parsing._parse_fast(data, "f", DEFAULT_LIMITS) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"a: [b, c]  # [note\nd: {e: 1}\n", id="bracket-in-a-comment"),
+        pytest.param(b"a: ['[', \"{\"]\n", id="brackets-in-quotes"),
+        pytest.param(b"a: [it's, fine]\n", id="apostrophe-in-a-plain-scalar"),
+        pytest.param(b"a: |-\n  x\nb: [1]\n", id="block-scalar-beside-a-flow"),
+        pytest.param(b'a: {"k": v}\n', id="quoted-key-spaced"),
+    ],
+)
+def test_what_the_careful_rules_leave_on_the_fast_path(data: bytes) -> None:
+    assert assert_paths_agree(data)

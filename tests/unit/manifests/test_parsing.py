@@ -18,13 +18,26 @@ def messages(data: bytes, limits: Limits = parsing.DEFAULT_LIMITS) -> list[str]:
     "data",
     [
         pytest.param(b"[" * 200_000, id="flow-sequences"),
+        pytest.param(b"[" * 1_500, id="flow-sequences-past-libyamls-limit-in-a-small-file"),
+        pytest.param(b"a: " + b"[" * 70 + b"1" + b"]" * 70, id="balanced-but-too-deep"),
+        pytest.param(b"a:\n" + b"".join(b"  " * n + b"k:\n" for n in range(1, 80)), id="block"),
         pytest.param(b"{a: " * 100_000, id="flow-mappings"),
         pytest.param(b"- " * 200_000 + b"x", id="block-sequences"),
     ],
 )
-def test_deep_nesting_is_refused_before_the_c_composer_recurses(data: bytes) -> None:
-    # libyaml's composer recurses in C: without the pre-scan this crashes the process.
-    assert any("nested deeper than 64 levels" in m for m in messages(data))
+def test_deep_nesting_is_refused_in_mlsms_words_before_libyaml_sees_it(data: bytes) -> None:
+    # libyaml's composer recurses in C (without the pre-scan a crash), and libyaml
+    # refuses 1,000 levels itself ("exceeded maximum nesting depth"): mlsm's limit,
+    # message and fix come first, whatever the library's version does.
+    [problem] = messages(data)
+    assert "nested deeper than 64 levels, the limit for a manifest; look for a '['" in problem
+    assert "maximum nesting" not in problem
+
+
+def test_a_syntax_error_in_a_structured_file_is_still_a_syntax_error() -> None:
+    data = b"a: [" + b"1, " * 100 + b"\nb: {"  # over the pre-scan's threshold, never closed
+    [problem] = messages(data)
+    assert "invalid YAML" in problem
 
 
 def test_moderate_nesting_within_limits_is_fine() -> None:
