@@ -64,7 +64,8 @@ class AgentApi:
     ) -> None:
         self.store = store
         self.recheck = recheck
-        """Seconds between reads of a waiting long poll (a binding here wakes it at once)."""
+        """Seconds between reads of a waiting long poll, assignments or logs (a binding
+        or shipped output here wakes it at once)."""
         self.changed = changed
         self.leases = leases or Leases()
         self._revision_moved = anyio.Event()

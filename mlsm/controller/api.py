@@ -293,7 +293,7 @@ class Api:
             answer: dict[str, Any] = await self.call(read)
             if answer["lines"] or anyio.current_time() >= deadline:
                 return JSONResponse(answer)
-            await self.agents.wait_output(min(1.0, deadline - anyio.current_time()))
+            await self.agents.wait_output(min(self.agents.recheck, deadline - anyio.current_time()))
 
     async def run_metrics(self, request: Request) -> Response:
         run_id = request.path_params["run"]

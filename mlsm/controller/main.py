@@ -184,8 +184,8 @@ def run(
         typer.Option(
             envvar="MLSM_RECHECK_INTERVAL",
             min=0.05,
-            help="Seconds between database reads of a waiting assignment long poll; a "
-            "binding by this controller answers it at once.",
+            help="Seconds between database reads of a waiting long poll (assignments, "
+            "logs); a binding or shipped output in this controller answers it at once.",
         ),
     ] = 1.0,
     version: VersionOption = False,

@@ -55,8 +55,9 @@ class Settings:
     schedule_interval: float = 1.0
     """Seconds between scheduling passes (a sync or an agent report also starts one)."""
     recheck_interval: float = 1.0
-    """Seconds between database reads of a waiting assignment long poll (a binding by
-    this controller wakes it at once; the read sees changes made elsewhere)."""
+    """Seconds between database reads of a waiting long poll, assignments or logs (a
+    binding or shipped output in this controller wakes it at once; the read sees
+    changes made elsewhere)."""
     token_cache: float = 10.0
     """Seconds live node tokens are held in memory: a revoked one works this long."""
 

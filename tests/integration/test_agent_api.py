@@ -156,6 +156,42 @@ def test_a_binding_wakes_a_waiting_long_poll(store: Store) -> None:
     assert anyio.run(scenario) < 0.5
 
 
+def test_shipped_output_wakes_a_reader_following_the_logs(store: Store) -> None:
+    call(store, None, "POST", "/n1/heartbeat", "n1-token", json={"inventory": INVENTORY})
+    with store.write() as session:
+        assign(session, grace=dt.timedelta(seconds=20))
+    with store.read() as session:
+        run_id = session.scalars(select(Run.id)).one()
+
+    async def scenario() -> float:
+        agents = AgentApi(store, recheck=30.0)  # only the wake-up can answer in time
+        transport = httpx.ASGITransport(app=create_app(store, agents=agents),
+                                        client=("127.0.0.1", 5000))  # fmt: skip
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            result: dict[str, Any] = {}
+
+            async def follow() -> None:
+                response = await client.get(f"/api/v1/runs/{run_id}/logs",
+                                            params={"after": -1, "wait": 20})  # fmt: skip
+                result["lines"] = [line["text"] for line in response.json()["lines"]]
+                result["at"] = time.monotonic()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(follow)
+                await anyio.sleep(0.3)
+                shipped_at = time.monotonic()
+                response = await client.post(
+                    f"/api/v1/agent/nodes/n1/runs/{run_id}/output",
+                    json={"stream": "log", "lines": [[0, "epoch 1"]], "end": 8},
+                    headers={"Authorization": "Bearer n1-token"},
+                )  # fmt: skip
+                assert response.status_code == 200, response.text
+            assert result["lines"] == ["epoch 1"]
+            return float(result["at"] - shipped_at)
+
+    assert anyio.run(scenario) < 0.5
+
+
 def test_a_revoked_token_is_refused_once_the_token_table_reloads(store: Store) -> None:
     agents = AgentApi(store)
     beat = {"json": {"inventory": INVENTORY}}
