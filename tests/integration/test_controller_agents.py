@@ -60,6 +60,15 @@ class Agent:
                                 json={"phase": phase, **extra}, headers=self.headers)  # fmt: skip
 
 
+def serving_n1(start: Callable[..., httpx.Client], repo: GitRepo, *flags: str) -> httpx.Client:
+    """A controller (flags added) following a repository that admits node n1."""
+    repo.write("nodes/n1.yaml", manifest_node("n1", "a100"))
+    repo.commit()
+    client = start(str(repo.root), "--poll-interval", "600", *flags)
+    wait_for(lambda: client.get("/api/v1/nodes/n1").status_code == 200)
+    return client
+
+
 def test_jobs_reach_agents_run_in_turn_and_move_off_a_lost_node(
     start: Callable[..., httpx.Client], repo: GitRepo, database_url: str
 ) -> None:
@@ -105,10 +114,7 @@ def test_jobs_reach_agents_run_in_turn_and_move_off_a_lost_node(
 def test_a_token_works_on_its_first_request_and_stops_within_the_bound_once_revoked(
     start: Callable[..., httpx.Client], repo: GitRepo, database_url: str
 ) -> None:
-    repo.write("nodes/n1.yaml", manifest_node("n1", "a100"))
-    repo.commit()
-    client = start(str(repo.root), "--poll-interval", "600", "--token-cache", str(CACHE))
-    wait_for(lambda: client.get("/api/v1/nodes/n1").status_code == 200)
+    client = serving_n1(start, repo, "--token-cache", str(CACHE))
     Agent(client, "n1", issue(database_url, "n1")).beat()  # the token table is loaded now
     for _ in range(4):  # each issued by its own process while the controller runs
         secret = issue(database_url, "n1")
@@ -127,11 +133,7 @@ def test_a_merged_job_reaches_a_waiting_agent_by_wake_ups_not_by_periodic_reads(
 ) -> None:
     # Every periodic path is 30 s or more: only the chain of wake-ups (watch -> sync ->
     # scheduling pass -> long poll) can bring the run in time.
-    repo.write("nodes/n1.yaml", manifest_node("n1", "a100"))
-    repo.commit()
-    client = start(str(repo.root), "--poll-interval", "600", "--schedule-interval", "30",
-                   "--recheck-interval", "30")  # fmt: skip
-    wait_for(lambda: client.get("/api/v1/nodes/n1").status_code == 200)
+    client = serving_n1(start, repo, "--schedule-interval", "30", "--recheck-interval", "30")
     n1 = Agent(client, "n1", issue(database_url, "n1"))
     n1.beat()
     assert n1.assignments(wait=0) == []

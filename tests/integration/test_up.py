@@ -23,6 +23,12 @@ from tests.integration.conftest import GitRepo, free_port, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A suite started in the background (`make test &`, nohup) inherits SIGINT
+    # ignored, and Python then keeps ignoring it: `up` gets Ctrl-C as a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Up:
     def __init__(self, repo: Path, state: Path, port: int, *flags: str) -> None:
         self.out = state.parent / f"up-{time.monotonic_ns()}.out"
@@ -30,6 +36,7 @@ class Up:
             [sys.executable, "-m", "mlsm.cli", "up", "--repo", str(repo), "--state-dir",
              str(state), "--port", str(port), *flags],
             stdout=self.out.open("wb"), stderr=subprocess.STDOUT,
+            preexec_fn=_ctrl_c_as_in_a_terminal,
         )  # fmt: skip
 
     def output(self) -> str:
