@@ -6,12 +6,17 @@ the agent reads on from there. A retry after any failure (the network, a restart
 controller, a restarted agent: the offsets are in the run's record) therefore
 neither loses nor duplicates a line. A line is capped at LINE_CAP bytes (the rest is
 skipped, and said so), so a 10 MB line costs one read, not a 10 MB upload; bytes
-that are not UTF-8 are kept readable as backslash escapes.
+that are not UTF-8 are kept readable as backslash escapes. A long line still being
+written is shipped cut once it passes LINE_CAP (a progress bar that never ends its
+line still shows), saying how much followed so far; the rest of that line, when it
+comes, is skipped: a read that starts inside a line (the byte before its offset is
+not a newline) goes on from the line's end, so one line never becomes two.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["BATCH_BYTES", "LINE_CAP", "read_lines"]
 
@@ -24,10 +29,11 @@ def _text(raw: bytes) -> str:
     return raw.rstrip(b"\r").decode("utf-8", errors="backslashreplace")
 
 
-def _capped(raw: bytes, total: int) -> str:
+def _capped(raw: bytes, total: int, *, ended: bool = True) -> str:
     if total <= LINE_CAP:
         return _text(raw)
-    return f"{_text(raw[:LINE_CAP])}… [line cut: {total - LINE_CAP} more bytes]"
+    more = f"{total - LINE_CAP} more bytes" + ("" if ended else " so far")
+    return f"{_text(raw[:LINE_CAP])}… [line cut: {more}]"
 
 
 def read_lines(
@@ -42,6 +48,12 @@ def read_lines(
     except FileNotFoundError:
         return lines, offset
     with handle:
+        if offset > 0:
+            handle.seek(offset - 1)
+            if handle.read(1) != b"\n":  # inside a line shipped cut: skip to its end
+                offset, ended = _end_of_line(handle, offset)
+                if not ended:
+                    return lines, offset
         handle.seek(offset)
         data = handle.read(limit)
         position = 0
@@ -63,7 +75,7 @@ def read_lines(
             if not chunk:
                 if not final and length <= LINE_CAP:
                     return lines, start
-                lines.append((start, _capped(head, length)))
+                lines.append((start, _capped(head, length, ended=final)))
                 return lines, start + length
             newline = chunk.find(b"\n")
             if newline != -1:
@@ -73,3 +85,18 @@ def read_lines(
                 return lines, start + length + 1
             head = (head + chunk)[: LINE_CAP + 1]
             length += len(chunk)
+
+
+def _end_of_line(handle: BinaryIO, offset: int) -> tuple[int, bool]:
+    """The offset just past the newline that ends the line `offset` is inside, and
+    True; or the end of the file and False when that line has not ended yet."""
+    handle.seek(offset)
+    position = offset
+    while True:
+        chunk = handle.read(_SCAN)
+        if not chunk:
+            return position, False
+        newline = chunk.find(b"\n")
+        if newline != -1:
+            return position + newline + 1, True
+        position += len(chunk)
