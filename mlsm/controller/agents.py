@@ -23,6 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from mlsm.controller import params
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.heartbeats import TOKEN_SECONDS, Beat, Identities, NodeState, NodeTable
 from mlsm.controller.leasing import Leases, finish_failed_run
@@ -207,9 +208,13 @@ class AgentApi:
         name, token = request.path_params["node"], bearer(request)
         try:
             known = int(request.query_params.get("revision", "-1"))
-            wait = min(float(request.query_params.get("wait", LONG_POLL_SECONDS)), 60.0)
         except ValueError:
-            raise AgentError(400, "revision and wait must be numbers") from None
+            raise AgentError(400, "query parameter 'revision' must be a whole number") from None
+        try:
+            wait = params.seconds(request.query_params, "wait", default=LONG_POLL_SECONDS,
+                                  high=60.0)  # fmt: skip
+        except ValueError as exc:
+            raise AgentError(400, str(exc)) from None
         deadline = anyio.current_time() + wait
         while True:
             moved = self._revision_moved

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mlsm.controller import writing
+from mlsm.controller import params, writing
 from mlsm.controller.agents import AgentApi, AgentError
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.outputs import read_log, read_metrics
@@ -268,9 +268,9 @@ class Api:
         tail = request.query_params.get("tail")
         last = _int(request, "tail", 0, low=0, high=MAX_LIMIT) if tail else None
         try:
-            wait = min(float(request.query_params.get("wait", 0)), 30.0)
-        except ValueError:
-            raise ApiError(400, "query parameter 'wait' must be a number of seconds") from None
+            wait = params.seconds(request.query_params, "wait", default=0.0, high=30.0)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
         deadline = anyio.current_time() + wait
 
         def read() -> dict[str, Any]:

@@ -192,6 +192,24 @@ def test_shipped_output_wakes_a_reader_following_the_logs(store: Store) -> None:
     assert anyio.run(scenario) < 0.5
 
 
+def test_a_long_poll_with_a_wait_that_is_not_finite_seconds_is_refused(store: Store) -> None:
+    # (min(nan, 30) is nan: such a request used to poll the database forever)
+    answer = call(store, None, "GET", "/n1/assignments", "n1-token", params={"wait": "nan"})
+    assert answer.status_code == 400
+    assert (
+        answer.json()["error"] == "query parameter 'wait' must be seconds from 0 to 60, got 'nan'"
+    )
+
+    async def logs() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(store), client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            return await client.get("/api/v1/runs/any/logs", params={"after": 1, "wait": "inf"})
+
+    answer = anyio.run(logs)
+    assert answer.status_code == 400
+    assert "'wait' must be seconds from 0 to 30, got 'inf'" in answer.json()["error"]
+
+
 def test_a_revoked_token_is_refused_once_the_token_table_reloads(store: Store) -> None:
     agents = AgentApi(store)
     beat = {"json": {"inventory": INVENTORY}}
