@@ -211,8 +211,9 @@ class AgentApi:
         except ValueError:
             raise AgentError(400, "query parameter 'revision' must be a whole number") from None
         try:
-            wait = params.seconds(request.query_params, "wait", default=LONG_POLL_SECONDS,
-                                  high=60.0)  # fmt: skip
+            wait = params.seconds(
+                request.query_params, "wait", default=LONG_POLL_SECONDS, high=60.0
+            )
         except ValueError as exc:
             raise AgentError(400, str(exc)) from None
         deadline = anyio.current_time() + wait
