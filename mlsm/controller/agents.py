@@ -23,9 +23,16 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mlsm.controller import params
 from mlsm.controller.applying import FINISHED
 from mlsm.controller.heartbeats import TOKEN_SECONDS, Beat, Identities, NodeState, NodeTable
+from mlsm.controller.inputs import (
+    AGENT_BODY,
+    HttpError,
+    read_json,
+    seconds,
+    unless_disconnected,
+    whole,
+)
 from mlsm.controller.leasing import Leases, finish_failed_run
 from mlsm.controller.outputs import STREAMS, store_lines
 from mlsm.controller.tokens import bearer, live_token, token_digest
@@ -33,7 +40,7 @@ from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
 from mlsm.store import Dataset, Job, Node, Run, Store
 from mlsm.store.types import utcnow
 
-__all__ = ["AgentApi", "AgentError"]
+__all__ = ["AgentApi"]
 
 LONG_POLL_SECONDS = 30.0
 FLUSH_SECONDS = 0.2
@@ -41,13 +48,6 @@ REPORTABLE = {"Starting", "Running", "Succeeded", "Failed"}
 
 
 log = logging.getLogger("mlsm.controller")
-
-
-class AgentError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class AgentApi:
@@ -118,12 +118,12 @@ class AgentApi:
 
     def _node_for(self, session: Session, token: str, name: str) -> Node:
         if not token:
-            raise AgentError(401, "an agent needs its node token: Authorization: Bearer <token>")
+            raise HttpError(401, "an agent needs its node token: Authorization: Bearer <token>")
         row = live_token(session, token)
         if row is None or row.role != "node":
-            raise AgentError(401, "invalid or revoked node token")
+            raise HttpError(401, "invalid or revoked node token")
         if row.node != name:
-            raise AgentError(403, f"this token is node {row.node}'s; it cannot act for {name}")
+            raise HttpError(403, f"this token is node {row.node}'s; it cannot act for {name}")
         node = session.scalars(
             select(Node).where(Node.name == name, Node.deleted_at.is_(None))
         ).first()
@@ -132,11 +132,12 @@ class AgentApi:
         return node
 
     async def heartbeat(self, request: Request) -> Response:
-        name, token, body = request.path_params["node"], bearer(request), await _json(request)
+        name, token = request.path_params["node"], bearer(request)
+        state = await self._node_state(name, token)
+        body = await _json(request)
         inventory = body.get("inventory") or {}
         if not isinstance(inventory, dict):
-            raise AgentError(400, "inventory must be a JSON object")
-        state = await self._node_state(name, token)
+            raise HttpError(400, "inventory must be a JSON object")
         now = utcnow()
         fresh = state.last_beat is None or now - state.last_beat > self.leases.grace
         state.last_beat = now
@@ -193,12 +194,12 @@ class AgentApi:
         """Who the token is and what the node holds, from the in-memory tables
         (`heartbeats.Identities`, `heartbeats.NodeTable`)."""
         if not token:
-            raise AgentError(401, "an agent needs its node token: Authorization: Bearer <token>")
+            raise HttpError(401, "an agent needs its node token: Authorization: Bearer <token>")
         identity = await self.identities.lookup(token_digest(token))
         if identity is None or identity[0] != "node":
-            raise AgentError(401, "invalid or revoked node token")
+            raise HttpError(401, "invalid or revoked node token")
         if identity[1] != name:
-            raise AgentError(403, f"this token is node {identity[1]}'s; it cannot act for {name}")
+            raise HttpError(403, f"this token is node {identity[1]}'s; it cannot act for {name}")
         state = await self._node_table.get(name)
         if state is None:
             raise _no_manifest(name)
@@ -206,26 +207,22 @@ class AgentApi:
 
     async def assignments(self, request: Request) -> Response:
         name, token = request.path_params["node"], bearer(request)
-        try:
-            known = int(request.query_params.get("revision", "-1"))
-        except ValueError:
-            raise AgentError(400, "query parameter 'revision' must be a whole number") from None
-        try:
-            wait = params.seconds(
-                request.query_params, "wait", default=LONG_POLL_SECONDS, high=60.0
-            )
-        except ValueError as exc:
-            raise AgentError(400, str(exc)) from None
+        known = whole(request.query_params, "revision", -1, low=-1, high=2**62)
+        wait = seconds(request.query_params, "wait", default=LONG_POLL_SECONDS, high=60.0)
         deadline = anyio.current_time() + wait
-        while True:
-            moved = self._revision_moved
-            answer = await self._run(self._assignments, name, token, known)
-            if answer is not None or anyio.current_time() >= deadline:
-                return JSONResponse(answer or await self._run(self._assignments, name, token, -2))
-            if await request.is_disconnected():  # the agent went away: stop polling for it
-                return Response(status_code=204)
-            with anyio.move_on_after(min(self.recheck, deadline - anyio.current_time())):
-                await moved.wait()
+
+        async def poll() -> Response:
+            while True:
+                moved = self._revision_moved
+                answer = await self._run(self._assignments, name, token, known)
+                if answer is not None or anyio.current_time() >= deadline:
+                    return JSONResponse(
+                        answer or await self._run(self._assignments, name, token, -2)
+                    )
+                with anyio.move_on_after(min(self.recheck, deadline - anyio.current_time())):
+                    await moved.wait()
+
+        return await unless_disconnected(request, poll)
 
     def _assignments(self, name: str, token: str, known: int) -> dict[str, Any] | None:
         with self.store.read() as session:
@@ -251,16 +248,17 @@ class AgentApi:
         """A batch of a run's log lines or metric records: {stream: log|metrics,
         lines: [[offset, text], ...], end}. Answers the offset the controller now
         holds, from which the agent reads on."""
-        name, token, body = request.path_params["node"], bearer(request), await _json(request)
+        name, token = request.path_params["node"], bearer(request)
         await self._node_state(name, token)
+        body = await _json(request)
         stream, end, raw = body.get("stream"), body.get("end"), body.get("lines")
         if stream not in STREAMS or not isinstance(end, int) or not isinstance(raw, list):
-            raise AgentError(400, "the body is {stream: log|metrics, lines: [[offset, text]], "
+            raise HttpError(400, "the body is {stream: log|metrics, lines: [[offset, text]], "
                                   "end: offset}")  # fmt: skip
         try:
             lines = [(int(offset), str(text)) for offset, text in raw]
         except (TypeError, ValueError):
-            raise AgentError(400, "lines must be [offset, text] pairs") from None
+            raise HttpError(400, "lines must be [offset, text] pairs") from None
         held = await self._run(self._store_output, name, request.path_params["run"], stream,
                                lines, end)  # fmt: skip
         self.output_moved()
@@ -272,9 +270,9 @@ class AgentApi:
         with self.store.write() as session:
             run = session.get(Run, run_id)
             if run is None:
-                raise AgentError(404, f"no run {run_id}")
+                raise HttpError(404, f"no run {run_id}")
             if run.node != name:
-                raise AgentError(403, f"run {run_id} is not node {name}'s")
+                raise HttpError(403, f"run {run_id} is not node {name}'s")
             return store_lines(session, run, stream, lines, end)
 
     def output_moved(self) -> None:
@@ -287,7 +285,9 @@ class AgentApi:
             await self._output_moved.wait()
 
     async def report(self, request: Request) -> Response:
-        name, token, body = request.path_params["node"], bearer(request), await _json(request)
+        name, token = request.path_params["node"], bearer(request)
+        await self._node_state(name, token)  # from memory, before the body is read
+        body = await _json(request)
         run_id = request.path_params["run"]
         answer = await self._run(self._report_retrying, name, token, run_id, body)
         if answer.get("finished"):
@@ -311,15 +311,15 @@ class AgentApi:
     def _report(self, name: str, token: str, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
         phase = body.get("phase")
         if phase not in REPORTABLE:
-            raise AgentError(400, f"phase must be one of {', '.join(sorted(REPORTABLE))}")
+            raise HttpError(400, f"phase must be one of {', '.join(sorted(REPORTABLE))}")
         now = utcnow()
         with self.store.write() as session:
             self._node_for(session, token, name)
             run = session.get(Run, run_id)
             if run is None:
-                raise AgentError(404, f"no run {run_id}")
+                raise HttpError(404, f"no run {run_id}")
             if run.node != name:
-                raise AgentError(403, f"run {run_id} is not node {name}'s")
+                raise HttpError(403, f"run {run_id} is not node {name}'s")
             job = run.job
             current = max(job.runs, key=lambda r: (r.attempt, r.created_at)).attempt
             if run.attempt != current or run.phase not in ACTIVE:
@@ -342,16 +342,13 @@ class AgentApi:
             return {"stop": False, "finished": phase in FINISHED}
 
 
-def _no_manifest(name: str) -> AgentError:
-    return AgentError(403, f"node {name} has no merged Node manifest: add nodes/{name}.yaml "
+def _no_manifest(name: str) -> HttpError:
+    return HttpError(403, f"node {name} has no merged Node manifest: add nodes/{name}.yaml "
                            "to the manifests repository and merge it")  # fmt: skip
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise AgentError(400, "the body must be a JSON object") from None
+    body = await read_json(request, AGENT_BODY)
     if not isinstance(body, dict):
-        raise AgentError(400, "the body must be a JSON object")
+        raise HttpError(400, "the body must be a JSON object")
     return body

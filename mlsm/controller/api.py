@@ -25,16 +25,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mlsm.controller import params, writing
-from mlsm.controller.agents import AgentApi, AgentError
+from mlsm.controller import writing
+from mlsm.controller.agents import AgentApi
 from mlsm.controller.applying import FINISHED
+from mlsm.controller.inputs import (
+    APPLY_BODY,
+    WEBHOOK_BODY,
+    HttpError,
+    read_body,
+    read_json,
+    seconds,
+    unless_disconnected,
+    whole,
+)
 from mlsm.controller.outputs import read_log, read_metrics
 from mlsm.controller.sources import ManifestSource
 from mlsm.controller.tokens import bearer, token_role
 from mlsm.controller.transitions import ACTIVE
 from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState
 
-__all__ = ["API_PREFIX", "ApiError", "create_app", "object_json"]
+__all__ = ["API_PREFIX", "create_app", "object_json"]
 
 API_PREFIX = "/api/v1"
 KINDS = {
@@ -44,13 +54,6 @@ KINDS = {
     "trainingjobs": "TrainingJob",
 }
 MAX_LIMIT = 1000
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _time(value: Any) -> str | None:
@@ -146,18 +149,7 @@ def _usage(session: Any, kind: str) -> dict[str, dict[str, Any]]:
 
 
 def _int(request: Request, name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(
-            400, f"query parameter '{name}' must be a whole number, got '{raw}'"
-        ) from None
-    if not low <= value <= high:
-        raise ApiError(400, f"query parameter '{name}' must be between {low} and {high}")
-    return value
+    return whole(request.query_params, name, default, low=low, high=high)
 
 
 def _selector(raw: str) -> dict[str, str]:
@@ -165,7 +157,7 @@ def _selector(raw: str) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in raw.split(","))):
         key, eq, value = part.partition("=")
         if not eq or not key:
-            raise ApiError(400, f"selector '{part}' must be key=value (e.g. gpu=a100)")
+            raise HttpError(400, f"selector '{part}' must be key=value (e.g. gpu=a100)")
         out[key.strip()] = value.strip()
     return out
 
@@ -248,7 +240,7 @@ class Api:
                 .order_by(model.deleted_at.is_not(None), model.id.desc()).limit(1)
             ).first()  # fmt: skip
             if row is None:
-                raise ApiError(404, f"{kind}/{name} not found")
+                raise HttpError(404, f"{kind}/{name} not found")
             events = list(session.scalars(
                 select(Event).where(Event.kind == kind, Event.name == name)
                 .order_by(Event.id.desc()).limit(20)
@@ -267,10 +259,7 @@ class Api:
         limit = _int(request, "limit", 1000, low=1, high=MAX_LIMIT)
         tail = request.query_params.get("tail")
         last = _int(request, "tail", 0, low=0, high=MAX_LIMIT) if tail else None
-        try:
-            wait = params.seconds(request.query_params, "wait", default=0.0, high=30.0)
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+        wait = seconds(request.query_params, "wait", default=0.0, high=30.0)
         deadline = anyio.current_time() + wait
 
         def read() -> dict[str, Any]:
@@ -279,7 +268,7 @@ class Api:
                     select(Run, Job.name).join(Job).where(Run.id == run_id)
                 ).first()  # fmt: skip
                 if found is None:
-                    raise ApiError(404, f"no run {run_id}")
+                    raise HttpError(404, f"no run {run_id}")
                 run, job = found
                 lines = read_log(session, run_id, after=after, limit=limit, tail=last)
                 return {
@@ -289,11 +278,17 @@ class Api:
                     "next": lines[-1][0] if lines else after,
                 }  # fmt: skip
 
-        while True:
-            answer: dict[str, Any] = await self.call(read)
-            if answer["lines"] or anyio.current_time() >= deadline:
-                return JSONResponse(answer)
-            await self.agents.wait_output(min(self.agents.recheck, deadline - anyio.current_time()))
+        async def poll() -> Response:
+            while True:
+                answer: dict[str, Any] = await self.call(read)
+                if answer["lines"] or anyio.current_time() >= deadline:
+                    return JSONResponse(answer)
+                left = deadline - anyio.current_time()
+                await self.agents.wait_output(min(self.agents.recheck, left))
+
+        if wait == 0:
+            return JSONResponse(await self.call(read))
+        return await unless_disconnected(request, poll)
 
     async def run_metrics(self, request: Request) -> Response:
         run_id = request.path_params["run"]
@@ -302,7 +297,7 @@ class Api:
             with self.store.read() as session:
                 run = session.get(Run, run_id)
                 if run is None:
-                    raise ApiError(404, f"no run {run_id}")
+                    raise HttpError(404, f"no run {run_id}")
                 return {"run": run.id, "records": read_metrics(session, run_id)}
 
         return JSONResponse(await self.call(read))
@@ -345,16 +340,20 @@ class Api:
         return JSONResponse(await self.call(states))
 
     async def webhook(self, request: Request) -> Response:
-        body = await request.body()
+        """A forge's push event. Everything the headers can refuse is refused before
+        the body is read (off, unsigned, a wrong GitLab token); the body is read to
+        1 MiB at most, and only then is its HMAC checked."""
         if not self.webhook_secret:
-            raise ApiError(404, "the webhook is off: start the controller with a webhook secret")
+            raise HttpError(404, "the webhook is off: start the controller with a webhook secret")
+        if not _webhook_may_be_signed(request, self.webhook_secret):
+            raise _unsigned()
+        body = await read_body(request, WEBHOOK_BODY)
         if not _webhook_signed(request, body, self.webhook_secret):
-            raise ApiError(401, "missing or wrong webhook signature (X-Hub-Signature-256, "
-                                "X-Gitea-Signature or X-Gitlab-Token)")  # fmt: skip
+            raise _unsigned()
         try:
             payload = json.loads(body or b"{}")
         except ValueError:
-            raise ApiError(400, "the webhook body is not JSON") from None
+            raise HttpError(400, "the webhook body is not JSON") from None
         ref = payload.get("ref", "") if isinstance(payload, dict) else ""
         self.on_webhook()
         return JSONResponse({"accepted": True, "ref": ref}, status_code=202)
@@ -370,19 +369,19 @@ class Api:
         token = bearer(request)
         role = await self.call(token_role, self.store, token) if token else None
         if role is None:
-            raise ApiError(401, "apply and delete need an admin token: --token or MLSM_TOKEN "
+            raise HttpError(401, "apply and delete need an admin token: --token or MLSM_TOKEN "
                                 "(mlsm-controller token issue --role admin)")  # fmt: skip
         if role != "admin":
-            raise ApiError(403, f"a {role} token cannot apply or delete; use an admin token")
+            raise HttpError(403, f"a {role} token cannot apply or delete; use an admin token")
+        body = await read_json(request, APPLY_BODY)
         try:
-            body = await request.json()
             text = body["manifests"].encode()
             author = str(body.get("author") or "mlsmctl")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ApiError(400, "the body must be JSON: {\"manifests\": \"<YAML>\", "
+        except (KeyError, TypeError, AttributeError):
+            raise HttpError(400, "the body must be JSON: {\"manifests\": \"<YAML>\", "
                                 "\"author\": \"Name <email>\"}") from None  # fmt: skip
         if self.source is None:
-            raise ApiError(409, "this controller has no source to write into")
+            raise HttpError(409, "this controller has no source to write into")
         source = self.source
 
         def write() -> dict[str, Any]:
@@ -395,15 +394,33 @@ class Api:
         try:
             result = await self.call(write)
         except writing.WriteRefused as exc:
-            raise ApiError(409, str(exc)) from None
+            raise HttpError(409, str(exc)) from None
         self.on_webhook()  # sync now
         return JSONResponse(result)
 
     def _kind(self, plural: str) -> str:
         kind = KINDS.get(plural.lower())
         if kind is None:
-            raise ApiError(404, f"no such kind '{plural}'; use nodes, datasets or jobs")
+            raise HttpError(404, f"no such kind '{plural}'; use nodes, datasets or jobs")
         return kind
+
+
+def _unsigned() -> HttpError:
+    return HttpError(
+        401,
+        "missing or wrong webhook signature "
+        "(X-Hub-Signature-256, X-Gitea-Signature or X-Gitlab-Token)",
+    )
+
+
+def _webhook_may_be_signed(request: Request, secret: str) -> bool:
+    """What the headers alone can tell: a signature header is there, and a GitLab
+    token (the secret itself) is right."""
+    headers = request.headers
+    if "x-hub-signature-256" in headers or "x-gitea-signature" in headers:
+        return True
+    gitlab = headers.get("x-gitlab-token", "")
+    return bool(gitlab) and hmac.compare_digest(gitlab.encode(), secret.encode())
 
 
 def _webhook_signed(request: Request, body: bytes, secret: str) -> bool:
@@ -428,9 +445,10 @@ class _ReadAccess:
     A plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a
     stream per request, which the agents' heartbeats feel)."""
 
-    def __init__(self, app: ASGIApp, store: Store) -> None:
+    def __init__(self, app: ASGIApp, store: Store, *, require_token: bool = False) -> None:
         self.app = app
         self.store = store
+        self.require_token = require_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -442,13 +460,14 @@ class _ReadAccess:
             path == "/healthz"
             or path == f"{API_PREFIX}/hooks/git"
             or path.startswith(f"{API_PREFIX}/agent/")  # node tokens, checked there
-            or _loopback(request)
+            or (not self.require_token and _loopback(request))
         ):
             await self.app(scope, receive, send)
             return
         token = bearer(request)
         if not token:
-            response = _error(401, "a token is needed from outside this machine: "
+            where = "for every read here" if self.require_token else "from outside this machine"
+            response = _error(401, f"a token is needed {where}: "
                                    "Authorization: Bearer <read token>")  # fmt: skip
         elif await anyio.to_thread.run_sync(token_role, self.store, token) not in (
             "read",
@@ -469,13 +488,16 @@ def _loopback(request: Request) -> bool:
         return False
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+def _error(status: int, message: str, *, close: bool = False) -> JSONResponse:
+    headers = {"connection": "close"} if close else None
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, (ApiError, AgentError))
-    return _error(exc.status, exc.message)
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """The one error answer. A refused request whose body may be unread closes its
+    connection, so a client cannot keep streaming a body nobody reads."""
+    assert isinstance(exc, HttpError)
+    return _error(exc.status, exc.message, close=request.method not in ("GET", "HEAD"))
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -489,6 +511,7 @@ def create_app(
     webhook_secret: str = "",
     source: ManifestSource | None = None,
     agents: AgentApi | None = None,
+    require_token: bool = False,
 ) -> Starlette:
     agents = agents or AgentApi(store)
     api = Api(store, on_webhook, webhook_secret, source, agents)
@@ -511,10 +534,10 @@ def create_app(
         Route(p + "/{kind}/{name}", api.get_object),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-        ApiError: _api_error, AgentError: _api_error, 404: _not_found,
+        HttpError: _http_error, 404: _not_found,
     }  # fmt: skip
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_ReadAccess, store=store)],
+        middleware=[Middleware(_ReadAccess, store=store, require_token=require_token)],
         exception_handlers=handlers,
     )

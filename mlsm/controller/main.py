@@ -188,6 +188,39 @@ def run(
             "logs); a binding or shipped output in this controller answers it at once.",
         ),
     ] = 1.0,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="MLSM_READ_TIMEOUT",
+            min=0.1,
+            help="Seconds a request's headers and body may take to arrive; a slower "
+            "client is disconnected.",
+        ),
+    ] = 10.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="MLSM_MAX_CONNECTIONS",
+            min=16,
+            help="Connections served at once (each agent holds about two); past it, 503.",
+        ),
+    ] = 1000,
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(
+            envvar="MLSM_FORWARDED_ALLOW_IPS",
+            help="Comma-separated addresses of reverse proxies whose X-Forwarded-For "
+            "is believed. Empty (the default): the socket's address is the client's.",
+        ),
+    ] = "",
+    require_token: Annotated[
+        bool,
+        typer.Option(
+            "--require-token",
+            envvar="MLSM_REQUIRE_TOKEN",
+            help="Reads need a read token from this machine too (a host shared with other users).",
+        ),
+    ] = False,
     version: VersionOption = False,
 ) -> None:
     """Follow the branch, reconcile it into the database, and serve the API."""  # fmt: skip
@@ -198,6 +231,8 @@ def run(
         allow_mass_prune=allow_mass_prune, max_prune_share=max_prune_share, watch=watch,
         node_grace=node_grace, node_lost=node_lost, token_cache=token_cache,
         schedule_interval=schedule_interval, recheck_interval=recheck_interval,
+        read_timeout=read_timeout, max_connections=max_connections,
+        forwarded_allow_ips=forwarded_allow_ips, require_token=require_token,
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("alembic", "watchfiles", "httpx"):

@@ -23,6 +23,7 @@ from mlsm.controller.agents import AgentApi
 from mlsm.controller.api import create_app
 from mlsm.controller.assigning import assign
 from mlsm.controller.leasing import Leases, check_leases
+from mlsm.controller.serving import server_config
 from mlsm.controller.sources import DirectorySource, GitSource, ManifestSource
 from mlsm.controller.syncing import Syncer
 from mlsm.store import Store
@@ -60,6 +61,14 @@ class Settings:
     changes made elsewhere)."""
     token_cache: float = 10.0
     """Seconds live node tokens are held in memory: a revoked one works this long."""
+    read_timeout: float = 10.0
+    """Seconds a request's headers and body may take to arrive."""
+    max_connections: int = 1000
+    """Open connections served at once; past it a request gets 503."""
+    forwarded_allow_ips: str = ""
+    """The reverse proxies whose X-Forwarded-For is believed (none by default)."""
+    require_token: bool = False
+    """Reads need a token from loopback too (a host shared with other users)."""
 
 
 class Controller:
@@ -92,6 +101,7 @@ class Controller:
             webhook_secret=settings.webhook_secret,
             source=source,
             agents=self.agents,
+            require_token=settings.require_token,
         )
 
     def request_sync(self) -> None:
@@ -101,13 +111,13 @@ class Controller:
         self._schedule.set()
 
     async def run(self, *, ready: anyio.Event | None = None) -> None:
-        config = uvicorn.Config(
+        config = server_config(
             self.app,
             host=self.settings.host,
             port=self.settings.port,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=2,  # long polls end at once rather than in 30 s
+            read_timeout=self.settings.read_timeout,
+            max_connections=self.settings.max_connections,
+            forwarded_allow_ips=self.settings.forwarded_allow_ips,
         )
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as tasks:
