@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Harness  # noqa: E402
+from harness import Harness
 
 CHUNK = b"x" * (1 << 16)
 

@@ -27,7 +27,7 @@ from mlsm.manifests.parsing import (
     too_large,
 )
 from mlsm.manifests.problems import ManifestError, Problem
-from mlsm.manifests.validating import Located, Locator, validate_document
+from mlsm.manifests.validating import Budget, Located, Locator, validate_document
 
 __all__ = [
     "MANIFEST_SUFFIXES",
@@ -116,8 +116,9 @@ def _check_bytes(data: bytes, path: str, limits: Limits, *, keep: bool) -> _File
     parsed = parse_bytes(data, path, limits)
     outcome = _FileOutcome(path, [], [], parsed.problems, [])
     locator = Locator(lambda _: data)
+    budget = Budget(max(limits.max_problems - len(parsed.problems), 0))
     for document in parsed.documents:
-        result = validate_document(document, path=path, locator=locator)
+        result = validate_document(document, path=path, locator=locator, budget=budget)
         if isinstance(result, Located):
             outcome.facts.append(facts_of(result))
             if keep:
@@ -125,6 +126,9 @@ def _check_bytes(data: bytes, path: str, limits: Limits, *, keep: bool) -> _File
         else:
             outcome.problems.extend(result)
             outcome.broken.append(_identity(document.data))
+    summary = budget.summary(path, limits.max_problems)
+    if summary is not None:
+        outcome.problems.append(summary)
     return outcome
 
 

@@ -4,8 +4,9 @@ libyaml's C parser composes a node graph (with line and column marks); a small w
 turns it into dicts, lists and scalars while enforcing the limits: file size,
 nesting depth, alias expansion (a "billion laughs" file is refused in time and
 memory linear in its size), duplicate keys, and tags (no Python objects). Only the
-plain data leaves a parse, so it can cross a process boundary cheaply; when an error
-needs a location, `locate` parses that one document again and walks to the field.
+plain data leaves a parse, so it can cross a process boundary cheaply; when errors
+need locations, a `NodeIndex` composes the file again, once for all of them, and
+walks to each field. A file's problems stop at `Limits.max_problems`.
 
 Scalars follow the YAML 1.2 core schema: `yes`, `no`, `on` and `off` are text
 (the "Norway problem" of YAML 1.1: `country: NO` stays a string), `010` is ten,
@@ -23,9 +24,11 @@ that the two paths give the same documents.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import gc
+import io
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -43,6 +46,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "Document",
     "Limits",
+    "NodeIndex",
     "ParsedFile",
     "Position",
     "compose_documents",
@@ -71,6 +75,9 @@ class Limits:
     """Most values one document may expand to, aliases counted at every use."""
     max_documents: int = 10_000
     """Most documents ('---') in one file."""
+    max_problems: int = 100
+    """Most problems described per file: the rest are counted (validation) or not read
+    (syntax errors), so that a file's cost stays bounded and its report readable."""
     structure_scan_over: int = 2_000
     """Pieces of a file longer than 4 KiB with more structural characters than this
     are left to the careful path: yaml-rs recurses on the stack for block nesting."""
@@ -79,9 +86,9 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Position:
-    """A 1-based line and column in a file."""
+    """A 1-based line and column in a file (ordered as they are read)."""
 
     line: int
     column: int
@@ -359,21 +366,35 @@ class _PureEvents(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
     """PyYAML's Python parser: slower than libyaml's, but with no nesting limit of its
     own, so that mlsm's limit is the one a user meets."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: io.BytesIO) -> None:
         yaml.reader.Reader.__init__(self, data)
         yaml.scanner.Scanner.__init__(self)
         yaml.parser.Parser.__init__(self)
 
 
-def _check_depth(data: bytes, path: str, limits: Limits) -> Problem | None:
+def _rest_not_read(path: str, line: int, problems: int) -> Problem:
+    """The file's problems reached `Limits.max_problems`: reading stops at `line`."""
+    return Problem(
+        path=path,
+        line=line,
+        column=1,
+        message=f"{problems} problems before this line; the rest of the file was not read: "
+        "fix these and check again",
+    )
+
+
+def _structure_count(data: bytes) -> int:
+    return sum(data.count(c) for c in _STRUCTURE_CHARS)
+
+
+def _check_depth(data: io.BytesIO, path: str, limits: Limits) -> Problem | None:
     """Refuse nesting deeper than `limits.max_depth` before anything else sees it:
     libyaml's composer recurses in C, and libyaml refuses deep nesting itself, in its
     own words and at its own depth (1,000 levels, found by a scanner that reads ahead
     1,024 characters). Its event parser finds the first level too deep in a file that
     nests moderately; where it gives up first (nesting it will not scan, or a syntax
     error), the Python parser looks again, up to the first problem it meets."""
-    if sum(data.count(c) for c in _STRUCTURE_CHARS) <= limits.max_depth:
-        return None  # too few collection starts to nest that deep
+    start = data.tell()
     loader = _Loader(data)
     try:
         return _first_too_deep(loader, path, limits)
@@ -381,6 +402,7 @@ def _check_depth(data: bytes, path: str, limits: Limits) -> Problem | None:
         pass
     finally:
         loader.dispose()
+    data.seek(start)
     try:
         return _first_too_deep(_PureEvents(data), path, limits)
     except yaml.YAMLError:
@@ -407,10 +429,10 @@ def _first_too_deep(events: Any, path: str, limits: Limits) -> Problem | None:
 
 
 def _reader_problem(
-    path: str, exc: yaml.reader.ReaderError, data: bytes, line_offset: int
+    path: str, exc: yaml.reader.ReaderError, data: bytes, start: int, line_offset: int
 ) -> Problem:
     """Bad bytes (invalid UTF-8, NUL): libyaml gives an offset, not a line."""
-    before = data[: exc.position]
+    before = data[start : start + exc.position]
     line = before.count(b"\n") + 1
     column = exc.position - (before.rfind(b"\n") + 1) + 1
     character = exc.character if isinstance(exc.character, int) else ord(exc.character)
@@ -437,7 +459,7 @@ def _yaml_problem(path: str, exc: yaml.YAMLError, line_offset: int) -> Problem:
     )
 
 
-def compose_documents(data: bytes) -> Iterator[Node | None]:
+def compose_documents(data: bytes | io.BytesIO) -> Iterator[Node | None]:
     """The node graph of each document (None for an empty one), in order."""
     loader = _Loader(data)
     try:
@@ -447,14 +469,29 @@ def compose_documents(data: bytes) -> Iterator[Node | None]:
         loader.dispose()
 
 
-def _next_document_start(data: bytes, after_line: int) -> tuple[bytes, int] | None:
-    """The text from the first '---' line at or after `after_line` (0-based, and at
-    least 1 so that a resumed parse always moves on), and that line's number."""
-    lines = data.split(b"\n")
-    for number in range(max(after_line, 1), len(lines)):
-        if lines[number].startswith(b"---"):
-            return b"\n".join(lines[number:]), number
-    return None
+_DOCUMENT_START = re.compile(rb"^---(?=[ \t\r\n]|$)", re.MULTILINE)
+
+
+class _Starts:
+    """The '---' lines of a file (byte offset and 0-based line), found once, so that
+    resuming after a broken document costs a search, not a pass over the file."""
+
+    def __init__(self, data: bytes) -> None:
+        self.offsets: list[int] = []
+        self.lines: list[int] = []
+        line, position = 0, 0
+        for match in _DOCUMENT_START.finditer(data):
+            line += data.count(b"\n", position, match.start())
+            position = match.start()
+            self.offsets.append(position)
+            self.lines.append(line)
+
+    def at_or_after(self, line: int) -> tuple[int, int] | None:
+        """The first '---' line at or after `line`: (byte offset, line)."""
+        index = bisect.bisect_left(self.lines, line)
+        if index == len(self.lines):
+            return None
+        return self.offsets[index], self.lines[index]
 
 
 def _iter_documents(
@@ -463,31 +500,42 @@ def _iter_documents(
     """Each document's node graph and line offset, or the problem that ended one.
 
     A syntax error ends its document, not the file: composing resumes at the next
-    '---' line, so one broken document never hides the others.
+    '---' line, so one broken document never hides the others. Each resumption
+    reads on from where the last stopped (a stream over the same bytes, not a copy),
+    so a file of N broken documents costs what reading it once costs.
     """
-    line_offset = 0
+    starts: _Starts | None = None
+    start, line_offset, problems = 0, 0, 0
+    deep_enough = _structure_count(data) > limits.max_depth
     while True:
-        deep = _check_depth(data, path, limits)
+        stream = io.BytesIO(data)
+        stream.seek(start)
+        deep = _check_depth(stream, path, limits) if deep_enough else None
         if deep is not None:
             yield Problem(
                 path=path, line=deep.line + line_offset, column=deep.column, message=deep.message
             )
             return
+        stream.seek(start)
         try:
-            for node in compose_documents(data):
+            for node in compose_documents(stream):
                 yield node, line_offset
             return
         except yaml.reader.ReaderError as exc:
-            yield _reader_problem(path, exc, data, line_offset)
+            yield _reader_problem(path, exc, data, start, line_offset)
             return  # the rest of the bytes cannot be trusted to be text
         except yaml.YAMLError as exc:
             yield _yaml_problem(path, exc, line_offset)
+            problems += 1
             mark = getattr(exc, "problem_mark", None)
-            rest = _next_document_start(data, mark.line if mark else 0)
-            if rest is None:
+            starts = starts or _Starts(data)
+            resume = starts.at_or_after(line_offset + max(mark.line if mark else 0, 1))
+            if resume is None:
                 return
-            data, skipped = rest
-            line_offset += skipped
+            start, line_offset = resume
+            if problems >= limits.max_problems:
+                yield _rest_not_read(path, line_offset + 1, problems)
+                return
 
 
 @contextlib.contextmanager
@@ -641,7 +689,7 @@ def _parse_fast(data: bytes, path: str, limits: Limits) -> ParsedFile | None:
     starts.append(len(data))
     parsed = ParsedFile(path)
     blocks = b"|" in data or b">" in data
-    index = 0
+    index = lines_before = counted_to = 0
     for number in range(0, len(starts), 2):
         begin, end = starts[number], starts[number + 1]
         content = _CONTENT.search(data, begin, end)
@@ -670,7 +718,9 @@ def _parse_fast(data: bytes, path: str, limits: Limits) -> ParsedFile | None:
         elif value is not None:
             return None  # a bare value, never a manifest: the careful path words it
         if value is not None:
-            line = data.count(b"\n", 0, content.start()) + 1
+            lines_before += data.count(b"\n", counted_to, content.start())  # (on from the last:
+            counted_to = content.start()  # from the start each time was quadratic)
+            line = lines_before + 1
             column = len(content.group(1)) + 1
             parsed.documents.append(Document(index, Position(line, column), value))
         index += 1
@@ -695,6 +745,13 @@ def _parse_careful(data: bytes, path: str, limits: Limits) -> ParsedFile:
     has_anchors = b"&" in data or b"*" in data
     index = 0
     for item in _iter_documents(data, path, limits):
+        if len(parsed.problems) >= limits.max_problems:
+            if isinstance(item, Problem):
+                line = item.line
+            else:
+                line = _mark(item[0], item[1]).line if item[0] is not None else 1
+            parsed.problems.append(_rest_not_read(path, line, len(parsed.problems)))
+            break
         if isinstance(item, Problem):
             parsed.problems.append(item)
             continue
@@ -754,6 +811,108 @@ def _add_document(
     parsed.documents.append(Document(index=index, position=position, data=data))
 
 
+class NodeIndex:
+    """Where fields are written in one file, for locating its problems.
+
+    The file is composed once, document by document, as problems ask for them:
+    validation asks in document order, so N problems cost one parse, not N (a parse
+    from the start for each made a file of 2,000 invalid documents take a minute).
+    Asking for an earlier document starts over. Only the current document's nodes
+    are held, with each mapping's keys indexed on first use, so that a document of
+    30,000 unknown keys locates each in constant time.
+    """
+
+    def __init__(self, data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._data = data
+        self._limits = limits
+        self._documents: Iterator[tuple[Node | None, int] | Problem] | None = None
+        self._current: tuple[Position, Node, int] | None = None
+        self._keys: dict[int, dict[str, tuple[Node, Node]]] = {}
+        self.parses = 0
+        """How often the file was composed from its start (for tests)."""
+
+    def locate(
+        self, document: Position, path: Sequence[str | int], *, key: bool = False
+    ) -> Position:
+        """Where the value at `path` inside the document starting at `document` is
+        written. `key=True` points at the key rather than its value (an unknown
+        field). A path that leaves the document (a missing field) stops at the
+        deepest key that exists."""
+        found = self._document(document)
+        if found is None:
+            return document
+        node, line_offset = found
+        at = self._walk(node, path, key=key)
+        return Position(at.line + line_offset, at.column)
+
+    def _document(self, document: Position) -> tuple[Node, int] | None:
+        current = self._current
+        if current is not None and current[0] == document:
+            return current[1], current[2]
+        from_start = self._documents is None or current is None or not current[0] < document
+        if from_start:
+            self._restart()
+        for _ in range(1 if from_start else 2):  # on from here; then from the start
+            assert self._documents is not None
+            for item in self._documents:
+                if isinstance(item, Problem):
+                    continue
+                node, line_offset = item
+                if node is None:
+                    continue
+                at = _mark(node, line_offset)
+                self._current, self._keys = (at, node, line_offset), {}
+                if at == document:
+                    return node, line_offset
+                if document < at:
+                    break  # no document starts there
+            self._restart()
+        return None
+
+    def _restart(self) -> None:
+        self._documents = _iter_documents(self._data, "", self._limits)
+        self._current, self._keys = None, {}
+        self.parses += 1
+
+    def _walk(self, node: Node, path: Sequence[str | int], *, key: bool) -> Position:
+        anchor = node  # where a missing step is shown: the key of its parent
+        for step in path:
+            found: tuple[Node, Node] | None = None
+            if isinstance(node, MappingNode):
+                found = self._find_key(node, step)
+            elif (
+                isinstance(node, SequenceNode)
+                and isinstance(step, int)
+                and 0 <= step < len(node.value)
+            ):
+                found = (node.value[step], node.value[step])
+            if found is None:
+                return _mark(anchor, 0)
+            anchor, node = found
+        return _mark(anchor if key else node, 0)
+
+    def _find_key(self, node: MappingNode, step: str | int) -> tuple[Node, Node] | None:
+        keys = self._keys.get(id(node))
+        if keys is None:
+            keys = self._keys[id(node)] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, ScalarNode) and key_node.tag != _MERGE:
+                    keys.setdefault(key_node.value, (key_node, value_node))
+        hit = keys.get(str(step))
+        if hit is not None:
+            return hit
+        for key_node, value_node in node.value:  # then keys brought in by '<<'
+            if key_node.tag != _MERGE:
+                continue
+            sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            for source in sources:
+                if isinstance(source, MappingNode):
+                    hit = self._find_key(source, step)
+                    if hit is not None:
+                        return hit
+        return None
+
+
 def locate(
     data: bytes,
     document: Position,
@@ -762,50 +921,5 @@ def locate(
     key: bool = False,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Position:
-    """Where the value at `path` inside the document starting at `document` is written.
-
-    `key=True` points at the key rather than its value (an unknown field). A path
-    that leaves the document (a missing field) stops at the deepest key that exists.
-    """
-    for item in _iter_documents(data, "", limits):
-        if isinstance(item, Problem):
-            continue
-        node, line_offset = item
-        if node is not None and _mark(node, line_offset) == document:
-            found = _walk(node, path, key=key)
-            return Position(found.line + line_offset, found.column)
-    return document
-
-
-def _walk(node: Node, path: Sequence[str | int], *, key: bool) -> Position:
-    anchor = node  # where a missing step is shown: the key of its parent
-    for step in path:
-        found: tuple[Node, Node] | None = None
-        if isinstance(node, MappingNode):
-            found = _find_key(node, step)
-        elif (
-            isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value)
-        ):
-            found = (node.value[step], node.value[step])
-        if found is None:
-            return _mark(anchor, 0)
-        anchor, node = found
-    return _mark(anchor if key else node, 0)
-
-
-def _find_key(node: MappingNode, step: str | int) -> tuple[Node, Node] | None:
-    for key_node, value_node in node.value:
-        if key_node.tag == _MERGE:
-            continue
-        if isinstance(key_node, ScalarNode) and key_node.value == str(step):
-            return key_node, value_node
-    for key_node, value_node in node.value:  # then keys brought in by '<<'
-        if key_node.tag != _MERGE:
-            continue
-        sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
-        for source in sources:
-            if isinstance(source, MappingNode):
-                hit = _find_key(source, step)
-                if hit is not None:
-                    return hit
-    return None
+    """Where the value at `path` is written (one problem; `NodeIndex` for many)."""
+    return NodeIndex(data, limits).locate(document, path, key=key)

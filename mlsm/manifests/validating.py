@@ -21,10 +21,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from mlsm import schemas
-from mlsm.manifests.parsing import Document, Position, locate
+from mlsm.manifests.parsing import Document, NodeIndex, Position
 from mlsm.manifests.problems import Problem, format_field
 
-__all__ = ["Located", "Locator", "validate_document"]
+__all__ = ["Budget", "Located", "Locator", "validate_document"]
 
 _YAML_11_BOOLS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
 
@@ -49,12 +49,51 @@ class Located:
         return self.manifest.metadata.name
 
 
+@dataclass(slots=True)
+class Budget:
+    """How many more problems of a file are described; past it they are only counted
+    (locating and wording each costs far more than finding it)."""
+
+    left: int
+    more: int = 0
+    """Problems found past the budget."""
+    first_hidden: Position | None = None
+    """Where the first document with a problem not described begins."""
+
+    def take(self, document: Position) -> bool:
+        """Whether a problem of `document` is described."""
+        if self.left > 0:
+            self.left -= 1
+            return True
+        self.more += 1
+        if self.first_hidden is None:
+            self.first_hidden = document
+        return False
+
+    def summary(self, path: str, limit: int) -> Problem | None:
+        """'and M more' for the file (no kind or name: the file is broken, so objects
+        whose problems are not described keep their last valid spec)."""
+        if not self.more:
+            return None
+        at = self.first_hidden or Position(1, 1)
+        return Problem(
+            path=path,
+            line=at.line,
+            column=at.column,
+            message=f"and {self.more} more problems from here, not shown (at most {limit} "
+            "are described per file): fix these and check again",
+        )
+
+
 class Locator:
-    """Finds where a field is written, reading each file at most once (errors only)."""
+    """Finds where a field is written, reading each file at most once (errors only),
+    and composing it once for all of its problems (`parsing.NodeIndex`)."""
 
     def __init__(self, read: Callable[[str], bytes]) -> None:
         self._read = read
         self._cache: dict[str, bytes] = {}
+        self._indexes: dict[str, NodeIndex] = {}
+        self._lines: dict[str, list[bytes]] = {}
 
     def text(self, path: str) -> bytes:
         if path not in self._cache:
@@ -67,11 +106,16 @@ class Locator:
     def find(
         self, path: str, document: Position, field: Sequence[str | int], *, key: bool = False
     ) -> Position:
-        return locate(self.text(path), document, field, key=key)
+        index = self._indexes.get(path)
+        if index is None:
+            index = self._indexes[path] = NodeIndex(self.text(path))
+        return index.locate(document, field, key=key)
 
     def scalar_text(self, path: str, at: Position) -> str | None:
         """The scalar as written at `at` ('3.10' where YAML read the number 3.1)."""
-        lines = self.text(path).split(b"\n")
+        lines = self._lines.get(path)
+        if lines is None:
+            lines = self._lines[path] = self.text(path).split(b"\n")
         if not 0 < at.line <= len(lines):
             return None
         line = lines[at.line - 1].decode("utf-8", "replace")
@@ -87,11 +131,18 @@ def _name_of(data: dict[Any, Any]) -> str | None:
 
 
 def validate_document(
-    document: Document, *, path: str, locator: Locator
+    document: Document, *, path: str, locator: Locator, budget: Budget | None = None
 ) -> Located | list[Problem]:
-    """Validate one document's data; a list of problems when it is not valid."""
+    """Validate one document's data; a list of problems when it is not valid (with
+    a `budget`, only those it allows are described; the list may then be empty)."""
     data = document.data
     at = document.position
+
+    def described() -> bool:
+        return budget is None or budget.take(at)
+
+    if not isinstance(data, dict) and not described():
+        return []
     if not isinstance(data, dict):
         got = _describe(data)
         return [
@@ -105,7 +156,8 @@ def validate_document(
     name = _name_of(data)
     kind = data.get("kind")
     problems = []
-    if "apiVersion" not in data:
+    versioned = "apiVersion" in data
+    if not versioned and described():
         problems.append(
             Problem(
                 path=path,
@@ -119,14 +171,17 @@ def validate_document(
         )
     model = schemas.KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        problems.append(
-            _kind_problem(kind, path=path, document=document, name=name, locator=locator)
-        )
+        if described():
+            problems.append(
+                _kind_problem(kind, path=path, document=document, name=name, locator=locator)
+            )
         return problems
     try:
         manifest = model.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
+            if not described():
+                continue
             problems.append(
                 _translate(
                     error,
@@ -139,7 +194,7 @@ def validate_document(
                 )
             )
         return problems
-    if problems:
+    if not versioned:
         return problems
     return Located(manifest=manifest, path=path, document=document.index, position=at)
 
