@@ -187,7 +187,9 @@ def _kind(value: str) -> str:
 
 @app.command()
 def get(
-    kind: Annotated[str, typer.Argument(help="nodes, datasets or jobs.", show_default=False)],
+    kind: Annotated[
+        str, typer.Argument(help="nodes, datasets, jobs, or sync.", show_default=False)
+    ],
     names: Annotated[
         list[str] | None,
         typer.Argument(metavar="[NAME]...", show_default=False, help="Only these objects."),
@@ -212,9 +214,13 @@ def get(
     token: TokenOption = None,
     version: VersionOption = False,
 ) -> None:
-    """List objects from the controller, as `kubectl get` does."""  # fmt: skip
-    resolved = _kind(kind)
+    """List objects from the controller, as `kubectl get` does; `get sync` shows
+    where each source stands and the files it could not read."""  # fmt: skip
     client = Client(server, token)
+    if kind.lower() in ("sync", "syncs"):
+        _get_sync(client, output)
+        return
+    resolved = _kind(kind)
     if names:
         objects = [client.object(resolved, name) for name in names]
     else:
@@ -229,6 +235,27 @@ def get(
         typer.echo(f"No {resolved} objects found.", err=True)
     else:
         typer.echo(views.table(resolved, objects, wide=output is GetFormat.wide))
+    if output in (GetFormat.table, GetFormat.wide):
+        _warn_broken_files(client)
+
+
+def _get_sync(client: Client, output: GetFormat) -> None:
+    states = client.get("/sync")["items"]
+    if output is GetFormat.json:
+        typer.echo(json.dumps({"items": states}, indent=2))
+    elif output is GetFormat.yaml:
+        typer.echo(manifests.dump_yaml({"items": states}), nl=False)
+    else:
+        typer.echo(views.sync_table(states))
+
+
+def _warn_broken_files(client: Client) -> None:
+    """A researcher whose merged job is missing may be looking at why: a file of the
+    source that could not be read names no object, so say so under the table."""
+    broken = sum(s.get("brokenFiles", 0) for s in client.get("/sync")["items"])
+    if broken:
+        typer.echo(f"warning: {broken} file(s) in the source could not be read; their "
+                   "objects keep their last valid spec (mlsmctl get sync)", err=True)  # fmt: skip
 
 
 @app.command()

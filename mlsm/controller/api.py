@@ -125,7 +125,8 @@ def sync_json(state: SyncState) -> dict[str, Any]:
     return {
         "source": state.source, "url": state.url, "branch": state.branch, "path": state.path,
         "status": state.status, "error": state.error, "objects": state.objects,
-        "invalid": state.invalid,
+        "invalid": state.invalid, "problems": state.problems or [],
+        "brokenFiles": len({p.get("path") for p in state.problems or []}),
         "commit": {"sha": state.commit_sha, "author": state.commit_author,
                    "message": state.commit_message.strip()},
         "lastAttemptAt": _time(state.last_attempt_at),

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from mlsm import planning
-from mlsm.controller.applying import apply_plan, record, stored_objects
+from mlsm.controller.applying import Commit, apply_plan, record, stored_objects
 from mlsm.controller.sources import ManifestSource, SourceError
+from mlsm.manifests import Problem
 from mlsm.manifests.parsing import paused_gc
 from mlsm.store import Store, SyncState
 from mlsm.store.types import utcnow
@@ -27,6 +28,11 @@ from mlsm.store.types import utcnow
 __all__ = ["SyncOutcome", "Syncer"]
 
 log = logging.getLogger("mlsm.controller.sync")
+
+MAX_SYNC_PROBLEMS = 200
+"""Problems of broken files kept with the sync state (each file holds at most 101)."""
+MAX_FILE_EVENTS = 20
+"""Files that broke (or read again) recorded one event each per sync; then one more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,8 @@ class SyncOutcome:
     changed: int = 0
     objects: int = 0
     invalid: int = 0
+    broken_files: int = 0
+    """Files with problems that name no object (their objects keep their last spec)."""
     error: str = ""
     skipped: bool = False
     """The commit was already applied: nothing was loaded."""
@@ -48,8 +56,37 @@ class SyncOutcome:
             return f"up to date at {self.commit[:10]}"
         return (
             f"synced {self.commit[:10]}: {self.changed} changed, {self.objects} objects, "
-            f"{self.invalid} invalid ({self.seconds:.2f} s)"
+            f"{self.invalid} invalid, {self.broken_files} broken files ({self.seconds:.2f} s)"
         )
+
+
+def _record_broken_files(
+    session: Session, state: SyncState, problems: list[Problem], commit: Commit
+) -> int:
+    """Keep the problems that name no object with the sync state (the first
+    MAX_SYNC_PROBLEMS), and record an event for each file that broke or reads again
+    at this commit (at most MAX_FILE_EVENTS of each). Answers how many files are
+    broken."""
+    was = {str(p.get("path")) for p in state.problems or []}
+    now = {p.path: p for p in reversed(problems)}  # each file's first problem
+    broke = [now[path] for path in sorted(now) if path not in was]
+    for problem in broke[:MAX_FILE_EVENTS]:
+        record(session, None, "InvalidFile",
+               f"{problem.path}:{problem.line}:{problem.column}: {problem.describe()}; "
+               "objects defined there keep their last valid spec",
+               kind="Sync", name=state.source, warning=True, commit=commit)  # fmt: skip
+    if len(broke) > MAX_FILE_EVENTS:
+        record(session, None, "InvalidFile",
+               f"and {len(broke) - MAX_FILE_EVENTS} more files with problems (GET /api/v1/sync)",
+               kind="Sync", name=state.source, warning=True, commit=commit)  # fmt: skip
+    for path in sorted(was - set(now))[:MAX_FILE_EVENTS]:
+        record(session, None, "FileValid", f"{path} reads again", kind="Sync",
+               name=state.source, commit=commit)  # fmt: skip
+    state.problems = [
+        {"path": p.path, "line": p.line, "column": p.column, "message": p.describe()}
+        for p in problems[:MAX_SYNC_PROBLEMS]
+    ]
+    return len(now)
 
 
 class Syncer:
@@ -111,14 +148,17 @@ class Syncer:
                 return SyncOutcome(ok=False, commit=commit.sha, error=error,
                                    seconds=time.perf_counter() - started)  # fmt: skip
             changed = apply_plan(session, plan, commit)
-            invalid = sum(1 for d in desired.objects.values() if d.manifest is None)
+            # invalid: objects of this commit that are, and objects kept from broken files
+            invalid = sum(1 for d in desired.objects.values() if d.manifest is None) + plan.kept
+            broken = _record_broken_files(session, state, desired.file_problems, commit)
             state.status, state.error = "Synced", ""
             state.commit_sha, state.commit_author = commit.sha, commit.author
             state.commit_message = commit.message
-            state.objects, state.invalid = len(desired.objects), invalid
+            state.objects, state.invalid = len(desired.objects) + plan.kept, invalid
             state.last_success_at = state.last_attempt_at
         outcome = SyncOutcome(ok=True, commit=commit.sha, changed=changed,
-                              objects=len(desired.objects), invalid=invalid,
+                              objects=len(desired.objects) + plan.kept, invalid=invalid,
+                              broken_files=broken,
                               seconds=time.perf_counter() - started)  # fmt: skip
         log.info("%s", outcome)
         return outcome

@@ -94,6 +94,8 @@ class DesiredState:
     broken_files: dict[str, str] = field(default_factory=dict)
     """Files with errors that name no object (YAML that does not parse, a document
     without kind or name): path -> first error. Their objects are not pruned."""
+    file_problems: list[Problem] = field(default_factory=list)
+    """Every problem that names no object, in file and line order."""
     allow_mass_prune: bool = False
 
 
@@ -165,6 +167,9 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     held: str = ""
     """Why the plan must not be applied (a likely accident), or ''."""
+    kept: int = 0
+    """Stored objects missing from the commit but kept, invalid, because their file
+    has errors that name no object."""
 
     @property
     def prunes(self) -> list[Prune]:
@@ -189,6 +194,7 @@ def desired_state(
             problems.setdefault((problem.kind, problem.name), []).append(problem)
         else:
             state.broken_files.setdefault(problem.path, _located(problem))
+            state.file_problems.append(problem)
     seen: dict[Key, list[Located]] = {}
     for located in result.objects:
         seen.setdefault((located.kind, located.name), []).append(located)
@@ -272,6 +278,7 @@ def plan_sync(
         if key in desired.objects:
             continue
         if have.path in desired.broken_files:
+            plan.kept += 1
             error = f"{have.path} has errors, so this object keeps its last valid spec: "
             error += desired.broken_files[have.path]
             if have.valid or have.error != error:

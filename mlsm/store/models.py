@@ -230,6 +230,10 @@ class SyncState(Base):
     objects: Mapped[int] = mapped_column(default=0)
     invalid: Mapped[int] = mapped_column(default=0)
     error: Mapped[str] = mapped_column(Text, default="")
+    problems: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    """Problems of files that name no object at the applied commit (a file that is
+    not YAML, too large, too deep, ...): {path, line, column, message}, the first
+    `MAX_SYNC_PROBLEMS`. Their files' objects keep their last valid spec."""
     last_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_success_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(default=1)

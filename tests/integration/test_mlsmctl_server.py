@@ -73,6 +73,23 @@ def test_get_and_describe_show_what_the_controller_holds(
     unknown = mlsmctl(client, "get", "widgets")
     assert unknown.returncode == 2
     assert "unknown kind 'widgets'" in unknown.stderr
+    assert "could not be read" not in table.stderr
+
+    # A file that cannot be read names no object: the sync, and every table, say so.
+    (repo.root / "jobs" / "other.yaml").write_bytes(b"kind: TrainingJob\nname: \xff\n")
+    broken = repo.commit("Break a file")
+    wait_for(lambda: synced(broken))
+    sync = mlsmctl(client, "get", "sync")
+    assert sync.returncode == 0, sync.stderr
+    assert sync.stdout.splitlines()[0].split()[:3] == ["SOURCE", "STATUS", "COMMIT"]
+    assert "Synced" in sync.stdout
+    assert "1 broken" in sync.stdout
+    assert "jobs/other.yaml:2:7: error: invalid text" in sync.stdout
+    again = mlsmctl(client, "get", "jobs")
+    assert "other" in again.stdout  # kept, with its last valid spec
+    assert "warning: 1 file(s) in the source could not be read" in again.stderr
+    state = json.loads(mlsmctl(client, "get", "sync", "-o", "json").stdout)["items"][0]
+    assert (state["invalid"], state["brokenFiles"]) == (1, 1)
 
 
 def test_an_unreachable_controller_is_one_line() -> None:

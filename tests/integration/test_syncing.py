@@ -100,7 +100,7 @@ def test_a_broken_commit_between_two_good_ones_keeps_the_last_valid_spec(
     repo.commit("Break both")
     outcome = sync.sync()
     assert outcome.ok
-    assert outcome.invalid == 1
+    assert (outcome.invalid, outcome.broken_files) == (2, 1)  # a, and b kept from its file
     rows = live(store, Job)
     assert set(rows) == {"a", "b"}  # nothing pruned
     a_valid = next(c for c in rows["a"].conditions if c["type"] == "Valid")
@@ -123,6 +123,59 @@ def test_a_broken_commit_between_two_good_ones_keeps_the_last_valid_spec(
     )
     assert (rows["a"].generation, rows["b"].generation) == (1, 1)
     assert reasons(store, "a") == ["Created", "Invalid", "Valid"]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param(
+            b"a: &a [x, x]\nb: &b [*a, *a]\n"
+            + b"".join(
+                f"{chr(99 + i)}: &{chr(99 + i)} [{', '.join([f'*{chr(98 + i)}'] * 10)}]\n".encode()
+                for i in range(8)
+            ),
+            "alias bomb",
+            id="alias-bomb",
+        ),
+        pytest.param(b"kind: TrainingJob\n" + b"#" * (1 << 20), "over the", id="over-1-MiB"),
+        pytest.param(b"kind: TrainingJob\nname: \xff\xfe\n", "invalid text", id="not-utf-8"),
+        pytest.param(b"a: " + b"[" * 70 + b"]" * 70 + b"\n", "nested deeper", id="too-deep"),
+        pytest.param(b"a: 1\n---\n" * 10_001, "more than 10000 documents", id="documents"),
+    ],
+)
+def test_a_broken_new_file_is_a_problem_of_the_sync(
+    store: Store, repo: GitRepo, tmp_path: Path, text: bytes, fragment: str
+) -> None:
+    repo.write("jobs/a.yaml", job("a"))
+    repo.commit()
+    sync = syncer(store, repo, tmp_path)
+    sync.sync()
+    (repo.root / "jobs" / "new.yaml").write_bytes(text)
+    repo.commit("A broken new file")
+    outcome = sync.sync()
+    assert (outcome.ok, outcome.broken_files) == (True, 1)
+    state = sync_state(store)
+    assert state.status == "Synced"
+    assert state.problems, "the broken file is not in the sync state"
+    assert {p["path"] for p in state.problems} == {"jobs/new.yaml"}
+    assert any(fragment in p["message"] for p in state.problems), state.problems
+    with store.read() as session:
+        [event] = session.scalars(select(Event).where(Event.reason == "InvalidFile"))
+    assert event.type == "Warning"
+    assert event.message.startswith("jobs/new.yaml:")
+    assert event.commit_sha == outcome.commit
+    sync.sync(force=True)  # the same broken file again: no second event
+    with store.read() as session:
+        count = select(func.count()).select_from(Event).where(Event.reason == "InvalidFile")
+        assert session.scalar(count) == 1
+
+    repo.remove("jobs/new.yaml")
+    repo.commit("Remove it")
+    sync.sync()
+    assert sync_state(store).problems == []
+    with store.read() as session:
+        fixed = session.scalars(select(Event.message).where(Event.reason == "FileValid")).all()
+    assert fixed == ["jobs/new.yaml reads again"]
 
 
 def test_removed_objects_are_pruned_running_jobs_cancelled_history_kept(
