@@ -2,9 +2,18 @@
 a restarted agent adopts the runs still going, reports those that ended while it was
 down, ships the rest of their logs, and never starts a run twice.
 
-A record is written when the run's process starts and rewritten (atomically) when
-its shipping offsets move or it ends; it is removed once the run is reported,
-forgotten and all its output is shipped.
+A record is written when the run's process starts and rewritten when its shipping
+offsets move or it ends, always atomically and fsynced (a temporary file, fsync,
+rename, fsync of the folder); it is removed once the run is reported, forgotten and
+all its output is shipped.
+
+The run's own folder (`runs/<id>/`) keeps what is needed to find the run again if
+its record is lost or damaged (a full disk, a crash mid-write, a hand edit):
+`process.json` (run, job, the shim's pid and start time, the assignment), written
+when it starts, beside the shim's exit-status file. `load_records` rebuilds such a
+run from there; failing that, it looks for the shim in /proc by the run's
+MLSM_RUN_ID; failing that, the run ended unseen and is reported as such. A damaged
+record never means a second start of the same run.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunRecord", "load_records", "process_start"]
+__all__ = ["PROCESS_FILE", "RunRecord", "load_records", "process_start", "recover", "write_durably"]
+
+PROCESS_FILE = "process.json"
 
 
 @dataclass
@@ -49,14 +60,22 @@ class RunRecord:
     def status(self) -> Path:
         return Path(self.directory) / "exit-status.json"
 
+    @property
+    def process_file(self) -> Path:
+        return Path(self.directory) / PROCESS_FILE
+
     def save(self, state: Path) -> None:
-        folder = state / "runs"
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{self.run}.json.tmp"
-        partial.write_text(json.dumps(asdict(self)))
-        os.replace(partial, folder / f"{self.run}.json")
+        write_durably(state / "runs" / f"{self.run}.json", json.dumps(asdict(self)))
+
+    def save_process(self) -> None:
+        """What finds the run again without its record (written once, at its start)."""
+        facts = {"run": self.run, "job": self.job, "pid": self.pid,
+                 "pidStart": self.pid_start, "assignment": self.assignment}  # fmt: skip
+        write_durably(self.process_file, json.dumps(facts))
 
     def remove(self, state: Path) -> None:
+        """Forget the run: it is reported and shipped (its folder stays, as output)."""
+        self.process_file.unlink(missing_ok=True)
         (state / "runs" / f"{self.run}.json").unlink(missing_ok=True)
 
     def alive(self) -> bool:
@@ -85,11 +104,94 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def load_records(state: Path) -> list[RunRecord]:
-    records = []
+def write_durably(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, and fsync it and its folder, so that a
+    crash leaves the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def load_records(state: Path, runs: Path) -> tuple[list[RunRecord], list[str]]:
+    """The records in `state/runs`, and what was damaged, each said in a sentence.
+
+    A record that cannot be read, and a run folder under `runs` with a process file
+    but no record (the agent died as it started the run), are rebuilt from the run's
+    own folder (`recover`) and saved again. Offsets start at 0: the controller keeps
+    what it has and takes only what it lacks."""
+    records: list[RunRecord] = []
+    damage: list[str] = []
+    seen: set[str] = set()
     for path in sorted((state / "runs").glob("*.json")):
+        run = path.stem
+        seen.add(run)
         try:
             records.append(RunRecord(**json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError):
-            continue  # a damaged record: that run is left for the controller's lease
-    return records
+            continue
+        except (OSError, ValueError, TypeError) as exc:
+            what = f"{exc.__class__.__name__}: {exc}"[:200]
+        record, how = recover(run, runs / run)
+        if record is None:
+            damage.append(f"run {run}: its record {path} is damaged ({what}) and it never "
+                          f"started here ({how}): it may start now")  # fmt: skip
+            path.unlink(missing_ok=True)
+            continue
+        record.save(state)
+        records.append(record)
+        damage.append(f"run {run}: its record {path} was damaged ({what}); {how}")
+    for process in sorted(runs.glob(f"*/{PROCESS_FILE}")):
+        run = process.parent.name
+        if run in seen:
+            continue
+        record, how = recover(run, process.parent)
+        if record is not None:
+            record.save(state)
+            records.append(record)
+            damage.append(f"run {run} had no record (the agent stopped as it started it); {how}")
+    return records, damage
+
+
+def recover(run: str, directory: Path) -> tuple[RunRecord | None, str]:
+    """The record of a run rebuilt from its folder, and how it was found; None when
+    the folder is not there (the run never started here)."""
+    if not directory.is_dir():
+        return None, f"no folder {directory}"
+    try:
+        facts = json.loads((directory / PROCESS_FILE).read_text())
+        record = RunRecord(run=run, job=str(facts["job"]), pid=int(facts["pid"]),
+                           pid_start=facts.get("pidStart"), directory=str(directory),
+                           assignment=dict(facts.get("assignment") or {}))  # fmt: skip
+        how = f"found from {directory / PROCESS_FILE}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = _find_shim(run)
+        record = RunRecord(run=run, job="?", pid=pid or 0,
+                           pid_start=process_start(pid) if pid else None,
+                           directory=str(directory))  # fmt: skip
+        how = f"its shim found in /proc by MLSM_RUN_ID={run}" if pid else "no process of it found"
+    alive = "still running: adopted" if record.alive() else "ended: its exit status is reported"
+    return record, f"{how}, pid {record.pid}, {alive}"
+
+
+def _find_shim(run: str) -> int | None:
+    """The pid of the run's shim: the process leading its own group whose environment
+    holds MLSM_RUN_ID=<run>, among this user's processes."""
+    needle = f"\0MLSM_RUN_ID={run}\0".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = b"\0" + (entry / "environ").read_bytes()
+            if needle in environ and os.getpgid(int(entry.name)) == int(entry.name):
+                return int(entry.name)
+        except (OSError, ProcessLookupError):
+            continue
+    return None

@@ -444,6 +444,7 @@ class Agent:
             run=run.id, job=run.job, pid=run.process.pid, pid_start=run.process.pid_start,
             directory=str(launch.cwd), assignment=run.assignment,
         )  # fmt: skip
+        run.record.save_process()
         run.record.save(self.settings.state)
         self._shipping[run.id] = run.record
 
@@ -453,7 +454,10 @@ class Agent:
         """Take back the runs recorded in the state dir: still running (adopted, not
         started again), ended while the agent was down (reported now), or finished
         with output left to ship."""
-        for record in load_records(self.settings.state):
+        records, damage = load_records(self.settings.state, self.root / "runs")
+        for sentence in damage:
+            log.error("damaged agent state: %s", sentence)
+        for record in records:
             self._shipping[record.run] = record
             if record.forgotten:
                 self.done[record.run] = None

@@ -91,6 +91,8 @@ class RunProcess:
         return -1
 
     def signal(self, sig: signal.Signals) -> None:
+        if self.pid <= 1:  # a run found again with no process (0 would be our own group)
+            return
         with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(self.pid, sig)
 

@@ -474,3 +474,40 @@ def test_a_run_that_ends_while_its_agent_is_down_is_reported_with_its_exit_statu
     assert run["exitCode"] == 3
     assert "bye" in run["message"]
     wait_for(lambda: "bye" in client.get(f"/api/v1/runs/{run['id']}/logs").text)
+
+
+@sqlite_only
+def test_a_damaged_record_never_means_a_second_start(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    # kill -9 of the agent, then its record of the run truncated: the restarted agent
+    # used to log nothing and start the run again beside the first copy.
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 0})
+    code = "print('START', flush=True); " + UNTIL_TOLD + "; print('END')"
+    repo.write("jobs/once.yaml", job("once", code, gpus=0))
+    repo.commit("once")
+    wait_phase(client, "once", "Running")
+    [run] = runs_of(client, "once")
+    first = agents["n1"]
+    log = first.root / "runs" / run["id"] / "output.log"
+    wait_for(lambda: log.is_file() and "START" in log.read_text())
+
+    first.process.kill()
+    first.process.wait()
+    record = first.root / ".mlsm-agent" / "runs" / f"{run['id']}.json"
+    record.write_text(record.read_text()[:25])  # cut mid-write
+
+    token = (first.root.parent / "token").read_text().strip()
+    again = start_agent(client, "n1", token, gpus=0, again=first)
+    wait_for(lambda: "damaged agent state" in again.output(), timeout=30)
+    assert f"found from {log.parent / 'process.json'}" in again.output()
+    assert "still running: adopted" in again.output()
+    wait_for(lambda: "adopted" in again.output())
+    (first.root / "jobs/once/output/finish").write_text("")
+    wait_phase(client, "once", "Succeeded", timeout=30)
+    assert [r["id"] for r in runs_of(client, "once")] == [run["id"]]
+    assert log.read_text().count("START") == 1, "started a second time"
+    wait_for(lambda: "END" in client.get(f"/api/v1/runs/{run['id']}/logs").text)
