@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlsm.files import write_durably
+
 __all__ = ["PROCESS_FILE", "RunRecord", "load_records", "process_start", "recover", "write_durably"]
 
 PROCESS_FILE = "process.json"
@@ -102,23 +104,6 @@ def process_start(pid: int) -> int | None:
     if fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
-
-
-def write_durably(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically, and fsync it and its folder, so that a
-    crash leaves the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    with open(partial, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def load_records(state: Path, runs: Path) -> tuple[list[RunRecord], list[str]]:

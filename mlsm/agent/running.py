@@ -32,7 +32,7 @@ import anyio.abc
 import anyio.to_thread
 
 from mlsm import schemas
-from mlsm.agent import reconciling
+from mlsm.agent import limits, reconciling
 from mlsm.agent.client import ControllerClient, Gone, Refused, Unreachable
 from mlsm.agent.datasets import DatasetScanner, ScanResult, resolve_under
 from mlsm.agent.gpus import Gpu, discover_gpus
@@ -68,6 +68,8 @@ class LocalRun:
     process: RunProcess | None = None
     cancelled: bool = False
     record: RunRecord | None = None
+    enforced: limits.Limits | None = None
+    """What is enforced on it (venv runs started by this agent)."""
 
     @property
     def job(self) -> str:
@@ -280,6 +282,10 @@ class Agent:
         if code == 0:
             return Outcome("Succeeded", "Completed", "exit code 0", 0)
         last = tail(self._run_dir(run.id) / "output.log", lines=3, limit=1024)
+        ended = run.process.ended() if run.process is not None else {}
+        if ended.get("reason") == "OOMKilled":
+            message = f"{ended.get('message', 'killed for memory')}; last output:\n{last}"
+            return Outcome("Failed", "OOMKilled", message.rstrip(), code)
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
             hint = " (out of memory?)" if code == -signal.SIGKILL else ""
@@ -326,6 +332,8 @@ class Agent:
         body: dict[str, Any] = {"phase": phase}
         if phase == "Running":
             body["outputDir"] = str(self._output_dir(run.job))
+            if run.enforced is not None:
+                body["message"] = run.enforced.said
         if outcome is not None:
             body.update(reason=outcome.reason, message=outcome.message, exitCode=outcome.exit_code)
         try:
@@ -381,7 +389,12 @@ class Agent:
         argv = spec.command
         if spec.trainer is not None:
             argv = self._trainer_command(spec.trainer, directory, env)
+        held = [r.enforced for r in self.runs.values() if r.id != run.id]
+        busy = [cpu for enforced in held if enforced is not None for cpu in enforced.cpus]
+        memory = spec.resources.memory
+        run.enforced = limits.choose(spec.resources.cpu, memory, limits.allowed_cpus(), busy)
         return Launch(run=run.id, argv=argv or [], env=env, cwd=directory,
+                      cpus=run.enforced.cpus, memory=run.enforced.memory,
                       log=directory / "output.log", python=venv.python,
                       requirements=venv.requirements,
                       system_site_packages=venv.system_site_packages,

@@ -1,5 +1,12 @@
-"""`python shim.py STATUS -- PROGRAM ARGS...`: runs a job as its child and writes the
-child's exit status to STATUS (atomically) when it ends.
+"""`python shim.py STATUS [--cpus 0,1] [--memory BYTES] -- PROGRAM ARGS...`: runs a job
+as its child and writes the child's exit status to STATUS (atomically) when it ends.
+
+What a job is allowed is enforced here, so that it holds while no agent watches:
+`--cpus` pins the job to those CPUs (affinity, inherited by all it starts);
+`--memory` is watched as Slurm's OverMemoryKill does: every quarter second the
+resident memory of every process in the run's group but the shim is summed, and
+past the limit they are all killed and the status says OOMKilled, with what was
+used and what was allowed.
 
 The agent starts every run through this shim, as the leader of the run's process
 group, so that an agent restarted while the job ran can still learn how it ended
@@ -10,6 +17,7 @@ status. Standard library only: it starts in a few milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,20 +32,80 @@ def _write(path: str, status: dict[str, object]) -> None:
     os.replace(partial, path)
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+WATCH_SECONDS = 0.25
+
+
+def _group_rss(group: int, me: int) -> tuple[int, list[int]]:
+    """Resident bytes of the processes in `group` but `me`, and their pids."""
+    total, pids = 0, []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # (pgrp: the third field after the name)
+            total += int(fields[21]) * PAGE  # rss, in pages
+            pids.append(int(entry))
+    return total, pids
+
+
+def _size(count: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def _watch(child: subprocess.Popen[bytes], memory: int) -> dict[str, object]:
+    """Wait for the child, ending the whole group past `memory` resident bytes."""
+    group, me = os.getpgid(0), os.getpid()
+    while True:
+        try:
+            code = child.wait(WATCH_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        else:
+            return {"exitCode": code}
+        used, pids = _group_rss(group, me)
+        if used > memory:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            code = child.wait()
+            message = f"killed for memory: its processes used {_size(used)}, over the "
+            message += f"{_size(memory)} it is allowed (resources.memory)"
+            return {"exitCode": code, "reason": "OOMKilled", "message": message}
+
+
 def main(argv: list[str]) -> int:
+    options: dict[str, str] = {}
+    while len(argv) > 2 and argv[1] in ("--cpus", "--memory"):
+        options[argv[1]] = argv[2]
+        del argv[1:3]
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: shim.py STATUS -- PROGRAM [ARGS...]", file=sys.stderr)
+        usage = "usage: shim.py STATUS [--cpus 0,1] [--memory BYTES] -- PROGRAM [ARGS...]"
+        print(usage, file=sys.stderr)
         return 2
     status, command = argv[0], argv[2:]
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)  # a handler (not SIG_IGN): exec resets it
+    if "--cpus" in options:
+        os.sched_setaffinity(0, {int(c) for c in options["--cpus"].split(",")})
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
         _write(status, {"exitCode": 127, "error": f"cannot start {command[0]}: {exc.strerror}"})
         return 127
-    code = child.wait()  # PEP 475: retried across the signals the handler swallows
-    _write(status, {"exitCode": code})
+    if "--memory" in options:
+        ended = _watch(child, int(options["--memory"]))
+    else:  # PEP 475: the wait is retried across the signals the handler swallows
+        ended = {"exitCode": child.wait()}
+    _write(status, ended)
+    code = int(str(ended["exitCode"]))
     return code if code >= 0 else 128 - code
 
 

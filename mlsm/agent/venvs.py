@@ -24,6 +24,7 @@ import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlsm.agent import shim
 from mlsm.agent.records import process_start
@@ -58,6 +59,10 @@ class Launch:
     inherit_agent: bool = False
     """See the agent's own packages (mlsm's trainer, its torch): for the built-in
     trainer, which is part of mlsm. Needs the agent's Python version."""
+    cpus: Sequence[int] = ()
+    """The CPUs the run is pinned to (all, when empty)."""
+    memory: int | None = None
+    """Resident bytes past which the shim ends the run (OOMKilled)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +94,14 @@ class RunProcess:
             return self.popen.returncode
         self.unknown = True
         return -1
+
+    def ended(self) -> dict[str, Any]:
+        """What the shim wrote when the run ended ({} when nothing could be read)."""
+        try:
+            data = json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def signal(self, sig: signal.Signals) -> None:
         if self.pid <= 1:  # a run found again with no process (0 would be our own group)
@@ -243,10 +256,16 @@ class VenvRuntime:
         launch.log.parent.mkdir(parents=True, exist_ok=True)
         status = launch.cwd / "exit-status.json"
         status.unlink(missing_ok=True)
+        limits: list[str] = []
+        if launch.cpus:
+            limits += ["--cpus", ",".join(map(str, launch.cpus))]
+        if launch.memory:
+            limits += ["--memory", str(launch.memory)]
         with launch.log.open("ab") as out:
             try:
                 popen = subprocess.Popen(
-                    [sys.executable, "-I", SHIM, str(status), "--", program, *launch.argv[1:]],
+                    [sys.executable, "-I", SHIM, str(status), *limits, "--", program,
+                     *launch.argv[1:]],
                     cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip

@@ -161,6 +161,9 @@ def describe(obj: dict[str, Any], *, trainer: list[str] | None = None) -> str:
             for r in runs
         ]) if runs else "<none>")  # fmt: skip
         last = runs[-1] if runs else None
+        if last is not None and (last.get("message") or "").startswith("enforced: "):
+            lines.append(f"Limits of run {last['id'][:8]}:")
+            lines += _indent("\n".join(last["message"].removeprefix("enforced: ").split("; ")))
         if last is not None and last["phase"] in ("Failed", "Lost") and last.get("message"):
             lines.append(f"Last run ({last['id'][:8]}) {last['reason'] or last['phase']}:")
             lines += _indent(last["message"].rstrip())

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mlsm.controller.applying import FINISHED
+from mlsm.controller.capacity import Capacity
 from mlsm.controller.heartbeats import TOKEN_SECONDS, Beat, Identities, NodeState, NodeTable
 from mlsm.controller.inputs import (
     AGENT_BODY,
@@ -62,8 +63,10 @@ class AgentApi:
         leases: Leases | None = None,
         recheck: float = 1.0,
         token_cache: float = TOKEN_SECONDS,
+        capacity: Capacity | None = None,
     ) -> None:
         self.store = store
+        self.capacity = capacity or Capacity()
         self.recheck = recheck
         """Seconds between reads of a waiting long poll, assignments or logs (a binding
         or shipped output here wakes it at once)."""
@@ -73,8 +76,8 @@ class AgentApi:
         self._output_moved = anyio.Event()
         self._catalog: dict[str, dict[str, dict[str, str]]] | None = None
         self._catalog_generation = 0
-        self.identities = Identities(store, reload_after=token_cache)
-        self._node_table = NodeTable(store, self._catalog_by_node)
+        self.identities = Identities(store, reload_after=token_cache, capacity=self.capacity)
+        self._node_table = NodeTable(store, self._catalog_by_node, self.capacity)
         self._pending: dict[int, Beat] = {}
         self._flushing = False
 
@@ -114,7 +117,7 @@ class AgentApi:
         self._revision_moved = anyio.Event()
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(function, *args)
+        return await self.capacity.agent(function, *args)
 
     def _node_for(self, session: Session, token: str, name: str) -> Node:
         if not token:
@@ -147,7 +150,9 @@ class AgentApi:
         if self._flushing:  # written with others in one transaction within FLUSH_SECONDS
             self._pending[state.id] = Beat(now, inventory, fresh or self._pending_fresh(state.id))
         else:
-            await self._run(self._write_beats, {state.id: Beat(now, inventory, fresh)})
+            await self.capacity.control_plane(
+                self._write_beats, {state.id: Beat(now, inventory, fresh)}
+            )
             if fresh:
                 self.changed()
         return JSONResponse(answer)
@@ -168,7 +173,7 @@ class AgentApi:
                     continue
                 batch, self._pending = self._pending, {}
                 try:
-                    await self._run(self._write_beats, batch)
+                    await self.capacity.control_plane(self._write_beats, batch)
                 except Exception:  # a database outage: keep the newest beats, try again
                     log.exception("writing %d heartbeat(s) failed; retrying", len(batch))
                     self._pending = {**batch, **self._pending}

@@ -16,7 +16,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio.to_thread
+import anyio
 from sqlalchemy import Select, select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mlsm.controller import writing
 from mlsm.controller.agents import AgentApi
 from mlsm.controller.applying import FINISHED
+from mlsm.controller.capacity import Capacity
 from mlsm.controller.inputs import (
     APPLY_BODY,
     WEBHOOK_BODY,
@@ -134,12 +135,14 @@ def sync_json(state: SyncState) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _usage(session: Any, kind: str) -> dict[str, dict[str, Any]]:
-    """What active runs hold: GPUs in use per node, and each job's current node."""
-    if kind not in ("Node", "TrainingJob"):
+def _usage(session: Any, kind: str, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What active runs hold, for the objects named (one page, not the whole table):
+    GPUs in use per node, and each job's current node."""
+    if kind not in ("Node", "TrainingJob") or not names:
         return {}
     out: dict[str, dict[str, Any]] = {}
     query = select(Run.node, Run.gpus, Job.name).join(Job).where(Run.phase.in_(ACTIVE))
+    query = query.where(Run.node.in_(names) if kind == "Node" else Job.name.in_(names))
     for node, gpus, job in session.execute(query):
         if kind == "Node" and node:
             entry = out.setdefault(node, {"gpusUsed": 0})
@@ -192,7 +195,18 @@ class Api:
         self.agents = agents
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(function, *args)
+        """A read in a worker thread, within the reads' share (`capacity.py`)."""
+        return await self.agents.capacity.read(function, *args)
+
+    async def answer(self, function: Callable[..., Any], *args: Any) -> Response:
+        """A read answered as JSON, encoded in the worker thread too: a page of 1,000
+        objects takes tens of milliseconds to encode, which the event loop (and the
+        heartbeats it serves) must not spend."""
+
+        def encoded() -> bytes:
+            return _encode(function(*args))
+
+        return Response(await self.call(encoded), media_type="application/json")
 
     async def healthz(self, request: Request) -> Response:
         def check() -> dict[str, Any]:
@@ -201,11 +215,11 @@ class Api:
             return {"status": "ok", "sync": [{"source": s.source, "status": s.status}
                                              for s in states]}  # fmt: skip
 
-        return JSONResponse(await self.call(check))
+        return JSONResponse(await self.agents.capacity.check_health(check))
 
     async def list_objects(self, request: Request) -> Response:
         kind = self._kind(request.path_params["kind"])
-        return JSONResponse(await self.call(self._list_objects, kind, request))
+        return await self.answer(self._list_objects, kind, request)
 
     def _list_objects(self, kind: str, request: Request) -> dict[str, Any]:
         model = OBJECT_MODELS[kind]
@@ -224,14 +238,14 @@ class Api:
         query, limit = _page(query, model, request)
         with self.store.read() as session:
             rows = list(session.scalars(query))
-            extras = _usage(session, kind)
+            extras = _usage(session, kind, [r.name for r in rows])
         items = [object_json(r, extra=extras.get(r.name)) for r in rows]
         return _paged(items, limit, [r.id for r in rows])
 
     async def get_object(self, request: Request) -> Response:
         kind = self._kind(request.path_params["kind"])
         name = request.path_params["name"]
-        return JSONResponse(await self.call(self._get_object, kind, name))
+        return await self.answer(self._get_object, kind, name)
 
     def _get_object(self, kind: str, name: str) -> dict[str, Any]:
         model = OBJECT_MODELS[kind]
@@ -246,7 +260,9 @@ class Api:
                 select(Event).where(Event.kind == kind, Event.name == name)
                 .order_by(Event.id.desc()).limit(20)
             ))  # fmt: skip
-            out = object_json(row, events=events[::-1], extra=_usage(session, kind).get(name))
+            out = object_json(
+                row, events=events[::-1], extra=_usage(session, kind, [name]).get(name)
+            )
             if isinstance(row, Job):
                 out["runs"] = [run_json(r, row.name) for r in row.runs]
         return out
@@ -301,7 +317,7 @@ class Api:
                     raise HttpError(404, f"no run {run_id}")
                 return {"run": run.id, "records": read_metrics(session, run_id)}
 
-        return JSONResponse(await self.call(read))
+        return await self.answer(read)
 
     async def list_runs(self, request: Request) -> Response:
         def runs() -> dict[str, Any]:
@@ -316,7 +332,7 @@ class Api:
             with self.store.read() as session:
                 return {"items": [run_json(r, n) for r, n in session.execute(query)]}
 
-        return JSONResponse(await self.call(runs))
+        return await self.answer(runs)
 
     async def list_events(self, request: Request) -> Response:
         def events() -> dict[str, Any]:
@@ -331,14 +347,14 @@ class Api:
                 rows = list(session.scalars(query))
             return _paged([event_json(e) for e in rows], limit, [e.id for e in rows])
 
-        return JSONResponse(await self.call(events))
+        return await self.answer(events)
 
     async def sync_state(self, request: Request) -> Response:
         def states() -> dict[str, Any]:
             with self.store.read() as session:
                 return {"items": [sync_json(s) for s in session.scalars(select(SyncState))]}
 
-        return JSONResponse(await self.call(states))
+        return await self.answer(states)
 
     async def webhook(self, request: Request) -> Response:
         """A forge's push event. Everything the headers can refuse is refused before
@@ -368,7 +384,8 @@ class Api:
     async def _write(self, request: Request, *, delete: bool) -> Response:
         """Write manifests into the local source as a commit by the caller (admin token)."""
         token = bearer(request)
-        role = await self.call(token_role, self.store, token) if token else None
+        capacity = self.agents.capacity
+        role = await capacity.control_plane(token_role, self.store, token) if token else None
         if role is None:
             raise HttpError(401, "apply and delete need an admin token: --token or MLSM_TOKEN "
                                 "(mlsm-controller token issue --role admin)")  # fmt: skip
@@ -393,7 +410,7 @@ class Api:
             return {"commit": commit, "objects": names, "files": [c.path for c in changes]}
 
         try:
-            result = await self.call(write)
+            result = await capacity.control_plane(write)
         except writing.WriteRefused as exc:
             raise HttpError(409, str(exc)) from None
         self.on_webhook()  # sync now
@@ -446,9 +463,12 @@ class _ReadAccess:
     A plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a
     stream per request, which the agents' heartbeats feel)."""
 
-    def __init__(self, app: ASGIApp, store: Store, *, require_token: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, store: Store, capacity: Capacity, *, require_token: bool = False
+    ) -> None:
         self.app = app
         self.store = store
+        self.capacity = capacity
         self.require_token = require_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -470,7 +490,7 @@ class _ReadAccess:
             where = "for every read here" if self.require_token else "from outside this machine"
             response = _error(401, f"a token is needed {where}: "
                                    "Authorization: Bearer <read token>")  # fmt: skip
-        elif await anyio.to_thread.run_sync(token_role, self.store, token) not in (
+        elif await self.capacity.read(token_role, self.store, token) not in (
             "read",
             "admin",
         ):
@@ -487,6 +507,13 @@ def _loopback(request: Request) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _encode(content: Any) -> bytes:
+    """JSON as Starlette's JSONResponse writes it."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
 
 
 def _error(status: int, message: str, *, close: bool = False) -> JSONResponse:
@@ -539,6 +566,10 @@ def create_app(
     }  # fmt: skip
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_ReadAccess, store=store, require_token=require_token)],
+        middleware=[
+            Middleware(
+                _ReadAccess, store=store, capacity=agents.capacity, require_token=require_token
+            )
+        ],
         exception_handlers=handlers,
     )

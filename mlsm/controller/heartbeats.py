@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from sqlalchemy import select
 
+from mlsm.controller.capacity import Capacity
 from mlsm.controller.transitions import ACTIVE
 from mlsm.store import Node, Run, Store, Token
 
@@ -57,9 +57,15 @@ class NodeState:
 
 class Identities:
     def __init__(
-        self, store: Store, *, reload_after: float = TOKEN_SECONDS, absent: int = ABSENT_TOKENS
+        self,
+        store: Store,
+        *,
+        reload_after: float = TOKEN_SECONDS,
+        absent: int = ABSENT_TOKENS,
+        capacity: Capacity | None = None,
     ) -> None:
         self.store = store
+        self.capacity = capacity or Capacity()
         self.reload_after = reload_after
         self.max_absent = absent
         self.reads = 0
@@ -85,7 +91,7 @@ class Identities:
         async with self._reload_lock:
             if self._loaded != loaded:
                 return  # another request reloaded it while this one waited
-            table = await anyio.to_thread.run_sync(self._load)
+            table = await self.capacity.control_plane(self._load)
             self._table, self._absent = table, {}
             self._loaded = time.monotonic()
 
@@ -97,7 +103,7 @@ class Identities:
         async with self._lookup_lock:
             if digest in self._wanted:
                 wanted, self._wanted = self._wanted, set()
-                found = await anyio.to_thread.run_sync(self._load_some, sorted(wanted))
+                found = await self.capacity.control_plane(self._load_some, sorted(wanted))
                 self._table.update(found)
                 for missing in wanted.difference(found):
                     self._absent[missing] = None
@@ -131,9 +137,13 @@ class Identities:
 
 class NodeTable:
     def __init__(
-        self, store: Store, datasets: Callable[[Any], dict[str, dict[str, dict[str, str]]]]
+        self,
+        store: Store,
+        datasets: Callable[[Any], dict[str, dict[str, dict[str, str]]]],
+        capacity: Capacity | None = None,
     ) -> None:
         self.store = store
+        self.capacity = capacity or Capacity()
         self._datasets = datasets
         self._table: dict[str, NodeState] | None = None
         self._loaded = 0.0
@@ -156,7 +166,7 @@ class NodeTable:
             if self._table is not None and time.monotonic() - self._loaded <= NODE_SECONDS:
                 return self._table  # another request reloaded it while this one waited
             generation = self._generation
-            table = await anyio.to_thread.run_sync(self._load)
+            table = await self.capacity.control_plane(self._load)
             if generation == self._generation:  # not forgotten while loading
                 self._table, self._loaded = table, time.monotonic()
             return table

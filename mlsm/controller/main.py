@@ -300,7 +300,9 @@ def revoke_token(
             raise UserError(f"no live token starts with '{prefix[:12]}'")
         for row in rows:
             row.revoked_at = dt.datetime.now(dt.UTC)
-    typer.echo(f"revoked {len(rows)} token(s) {prefix[:12]}…")
+    nodes = sum(1 for row in rows if row.role == "node")
+    later = " (a node token stops working within --token-cache, 10 s by default)" if nodes else ""
+    typer.echo(f"revoked {len(rows)} token(s) {prefix[:12]}…{later}")
 
 
 @tokens.command("list")

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 import uvicorn
 from sqlalchemy.orm.exc import StaleDataError
 
 from mlsm.controller.agents import AgentApi
 from mlsm.controller.api import create_app
 from mlsm.controller.assigning import assign
+from mlsm.controller.capacity import Capacity
 from mlsm.controller.leasing import Leases, check_leases
+from mlsm.controller.rewinds import check_mark, save_mark
 from mlsm.controller.serving import server_config
 from mlsm.controller.sources import DirectorySource, GitSource, ManifestSource
 from mlsm.controller.syncing import Syncer
@@ -88,8 +89,10 @@ class Controller:
             grace=dt.timedelta(seconds=settings.node_grace),
             lost=dt.timedelta(seconds=settings.node_lost),
         )
+        self.capacity = Capacity()
         self.agents = AgentApi(
             store,
+            capacity=self.capacity,
             changed=self.request_schedule,
             leases=self.leases,
             recheck=settings.recheck_interval,
@@ -120,6 +123,9 @@ class Controller:
             forwarded_allow_ips=self.settings.forwarded_allow_ips,
         )
         server = uvicorn.Server(config)
+        await self.capacity.control_plane(
+            check_mark, self.store, self.settings.state_dir, self._database
+        )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._sync_loop)
             tasks.start_soon(self._schedule_loop)
@@ -138,6 +144,7 @@ class Controller:
             # as the process: out of the collector's sight, full collections stay short
             # and do not stall heartbeats.
             gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
             if ready is not None:
                 ready.set()
 
@@ -145,7 +152,11 @@ class Controller:
         while True:
             self._wake = anyio.Event()
             try:
-                outcome = await anyio.to_thread.run_sync(self.syncer.sync)
+                outcome = await self.capacity.control_plane(self.syncer.sync)
+                if not outcome.skipped:
+                    await self.capacity.control_plane(_settle_heap)
+                if outcome.changed:
+                    await self.capacity.control_plane(self._save_mark)
                 if outcome.changed:
                     self.agents.catalog_changed()
                     self.agents.assignments_moved()  # a removed job's run: tell its node now
@@ -159,15 +170,28 @@ class Controller:
         while True:
             self._schedule = anyio.Event()
             try:
-                moved = await anyio.to_thread.run_sync(self._schedule_pass)
+                moved = await self.capacity.control_plane(self._schedule_pass)
                 if moved is None:  # lost a race with an agent report: again at once
                     self.request_schedule()
                 elif moved:
                     self.agents.assignments_moved()
+                    await self.capacity.control_plane(self._save_mark)
             except Exception:
                 log.exception("scheduling pass crashed; retrying")
             with anyio.move_on_after(self.settings.schedule_interval):
                 await self._schedule.wait()
+
+    @property
+    def _database(self) -> str:
+        return self.store.engine.url.render_as_string(hide_password=True)
+
+    def _save_mark(self) -> None:
+        """Where the store stands, for the next start to notice a rewind
+        (`rewinds.py`); a failure to write it is not worth stopping for."""
+        try:
+            save_mark(self.store, self.settings.state_dir, self._database)
+        except OSError as exc:
+            log.warning("cannot write the store mark in %s: %s", self.settings.state_dir, exc)
 
     def _schedule_pass(self) -> bool | None:
         """Leases then bindings, in one transaction (a worker thread: no anyio here).
@@ -207,6 +231,26 @@ class Controller:
 
         async for _changes in watchfiles.awatch(path, watch_filter=relevant, debounce=50, step=20):
             self.request_sync()
+
+
+GC_THRESHOLDS = (20_000, 20, 20)
+"""The collector's generation thresholds (CPython's are 700, 10, 10). A page of 1,000
+jobs being encoded is some 100,000 objects alive for a fraction of a second; with
+the defaults they outlive two young collections and a full one follows several
+times a second under heavy reads, each a pause of the event loop. Larger young
+generations let them die young."""
+
+
+def _settle_heap() -> None:
+    """After a sync that loaded a commit: what it keeps until the next one (the
+    parsed files, the manifests of 5,000 jobs: some 180,000 objects) goes out of the
+    garbage collector's sight. Every full collection walks what is in sight, and
+    under heavy reads full collections come several times a second, each pausing
+    the event loop, and so the heartbeats, for 100-200 ms. One collection here first
+    frees what the last commit's caches left, so that nothing stays frozen for good."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _describe(source: ManifestSource) -> str:

@@ -48,6 +48,11 @@ class ManifestSource(Protocol):
         to explain as a reason to wait, not a reason to refuse the object."""
         ...
 
+    def rewritten(self, applied: str, commit: Commit) -> bool:
+        """Whether `commit` does not descend from `applied` (a force-push rewrote the
+        branch), so that a prune it brings is held for a person to confirm."""
+        ...
+
 
 def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
@@ -101,6 +106,15 @@ class GitSource:
         message = commit.message if isinstance(commit.message, str) else commit.message.decode()
         return Commit(sha=commit.hexsha, author=author, message=message)
 
+    def rewritten(self, applied: str, commit: Commit) -> bool:
+        import git
+
+        try:
+            with git.Repo(self.repository) as repo:
+                return not repo.is_ancestor(repo.commit(applied), repo.commit(commit.sha))
+        except (git.exc.GitCommandError, git.exc.BadName, ValueError):
+            return True  # the applied commit is gone from the branch's history
+
     def _fetch(self) -> None:
         import git
 
@@ -115,10 +129,8 @@ class GitSource:
                     f"+refs/heads/{self.branch}:refs/heads/{self.branch}",
                 )  # fmt: skip
         except git.exc.GitCommandError as exc:
-            detail = (exc.stderr or "").strip().splitlines()
-            reason = detail[-1].removeprefix("stderr: ").strip("' ") if detail else str(exc)
             raise SourceError(
-                f"cannot fetch branch '{self.branch}' from {self.url}: {reason}"
+                f"cannot fetch branch '{self.branch}' from {self.url}: {git_reason(exc)}"
             ) from exc
 
     def load(self, commit: Commit) -> manifests.LoadResult:
@@ -148,17 +160,23 @@ class DirectorySource:
         if not Path(self.url).is_dir():
             raise SourceError(f"{self.url}: no such directory")
         digest = hashlib.sha256()
-        for name in manifests.discover([self.url]):
+        links: list[str] = []
+        for name in manifests.discover([self.url], links=links):
             digest.update(name.encode() + b"\0")
             try:
                 digest.update(Path(name).read_bytes())
             except OSError:
                 continue  # gone or unreadable: loading reports it
+        for link in links:  # not read, but a new link is a change (a problem to show)
+            digest.update(b"link:" + link.encode() + b"\0")
         return Commit(sha=f"dir-{digest.hexdigest()[:32]}", author="", message="")
+
+    def rewritten(self, applied: str, commit: Commit) -> bool:
+        return False  # a directory has no history to rewrite
 
     def load(self, commit: Commit) -> manifests.LoadResult:
         try:
-            result = manifests.load_paths([self.url], cross_checks=False)
+            result = manifests.load_paths([self.url], cross_checks=False, follow_links=False)
         except manifests.SourceError as exc:
             raise SourceError(str(exc)) from exc
         root = self.url.rstrip("/") + "/"  # paths as in a repository: relative
@@ -169,6 +187,16 @@ class DirectorySource:
             dataclasses.replace(o, path=o.path.removeprefix(root)) for o in result.objects
         ]
         return result
+
+
+def git_reason(exc: Exception) -> str:
+    """What git said, on one line: its `fatal:` and `error:` lines (the cause), else
+    all it said. The last line alone is often only "and the repository exists."."""
+    said = str(getattr(exc, "stderr", "") or "").strip().removeprefix("stderr:").strip(" '\n")
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    causes = [line for line in lines if line.lower().startswith(("fatal:", "error:", "ssh:"))]
+    reason = " ".join(causes or lines) or str(exc)
+    return reason if len(reason) <= 500 else reason[:497] + "..."
 
 
 def open_source(

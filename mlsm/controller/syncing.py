@@ -130,13 +130,17 @@ class Syncer:
         except SourceError as exc:
             return self._failed(str(exc), started)
         with self.store.write(f"sync:{self.source.key}") as session:
+            state = self._state(session)
+            applied = state.commit_sha if state.last_success_at is not None else ""
+            rewritten = bool(applied) and applied != commit.sha
+            rewritten = rewritten and self.source.rewritten(applied, commit)
             plan = planning.plan_sync(
                 desired,
                 stored_objects(session),
                 max_prune_share=self.max_prune_share,
                 allow_mass_prune=self.allow_mass_prune,
+                rewritten=rewritten,
             )
-            state = self._state(session)
             state.last_attempt_at = utcnow()
             if plan.held:
                 error = f"commit {commit.short}: {plan.held}"

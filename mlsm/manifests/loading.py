@@ -70,10 +70,14 @@ class LoadResult:
             raise ManifestError(self.problems)
 
 
-def discover(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+def discover(
+    paths: Iterable[str | os.PathLike[str]], *, links: list[str] | None = None
+) -> list[str]:
     """The manifest files under `paths`: files as given, directories walked in order.
 
-    Hidden files and folders (.git, .github) are skipped inside directories.
+    Hidden files and folders (.git, .github) are skipped inside directories. With a
+    `links` list, symbolic links inside directories (to files or folders) are not
+    followed but put in it: a source must never read outside itself.
     """
     found: dict[str, None] = {}
     for given in paths:
@@ -81,8 +85,15 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                if links is not None:
+                    linked = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+                    links.extend(os.path.join(root, d) for d in linked)
+                    dirs[:] = [d for d in dirs if d not in linked]
                 for name in sorted(files):
                     if name.endswith(MANIFEST_SUFFIXES) and not name.startswith("."):
+                        if links is not None and os.path.islink(os.path.join(root, name)):
+                            links.append(os.path.join(root, name))
+                            continue
                         found[os.path.join(root, name)] = None
         elif os.path.exists(path):
             found[path] = None
@@ -211,15 +222,30 @@ def load_paths(
     *,
     limits: Limits = DEFAULT_LIMITS,
     cross_checks: bool = True,
+    follow_links: bool = True,
 ) -> LoadResult:
     """Load and validate every manifest under `paths` (files and directories).
 
     Raises `SourceError` for a path that does not exist; everything wrong inside
-    the files is returned as problems, all of them, never raised.
+    the files is returned as problems, all of them, never raised. With
+    `follow_links=False` a symbolic link inside a directory is not read: it is a
+    problem of its own (as in a git source, where a link is never followed).
     """
-    files = discover(paths)
+    links: list[str] | None = None if follow_links else []
+    files = discover(paths, links=links)
     outcomes = _check_files(files, limits, True)
+    outcomes += [_FileOutcome(link, [], [], [_link_problem(link)], []) for link in links or ()]
     return _finish(outcomes, Locator(_read_whole), cross_checks=cross_checks)
+
+
+def _link_problem(path: str) -> Problem:
+    return Problem(
+        path=path,
+        line=1,
+        column=1,
+        message="a symbolic link, not followed: a source reads only what is inside it; "
+        "put the file itself here",
+    )
 
 
 def check_paths(

@@ -416,14 +416,23 @@ def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseMode
     return None
 
 
+EXCERPT = 40
+"""The most of a value a message repeats: messages travel (the read API, the site,
+CI logs), and a file that is not a manifest (a link to /etc/passwd) must not be
+published through them."""
+
+
 def _plain(value: Any) -> str:
-    """A value as YAML would show it: true, null, 3.5, text."""
+    """A value as YAML would show it (true, null, 3.5, text), as a short excerpt with
+    control characters escaped."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(text) > EXCERPT:
+        text = text[: EXCERPT - 3] + "..."
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _describe(value: Any) -> str:
@@ -435,7 +444,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"the number {_plain(value)}"
     if isinstance(value, str):
-        return repr(_plain(value))
+        return f"'{_plain(value)}'"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):

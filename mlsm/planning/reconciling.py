@@ -265,8 +265,11 @@ def plan_sync(
     *,
     max_prune_share: float = 0.5,
     allow_mass_prune: bool = False,
+    rewritten: bool = False,
 ) -> Plan:
-    """The actions that bring the stored objects to the commit's."""
+    """The actions that bring the stored objects to the commit's. `rewritten`: the
+    commit does not descend from the one applied (a force-push), so any prune at
+    all is held, whatever the count."""
     plan = Plan()
     live = {s.key: s for s in stored}
     for key, want in sorted(desired.objects.items()):
@@ -286,7 +289,11 @@ def plan_sync(
             continue
         plan.actions.append(Prune(have, cancel=not have.finished))
     plan.held = _held(
-        len(plan.prunes), len(live), max_prune_share, allow_mass_prune or desired.allow_mass_prune
+        len(plan.prunes),
+        len(live),
+        max_prune_share,
+        allow_mass_prune or desired.allow_mass_prune,
+        rewritten=rewritten,
     )
     return plan
 
@@ -307,10 +314,13 @@ def _plan_object(want: Desired, have: Stored | None) -> Action | None:
     return None
 
 
-def _held(prunes: int, live: int, share: float, allowed: bool) -> str:
+def _held(prunes: int, live: int, share: float, allowed: bool, *, rewritten: bool) -> str:
     if allowed or prunes == 0:
         return ""
-    if prunes == live:
+    if rewritten:
+        what = f"{prunes} of {live} objects after a rewrite of the branch's history (the "
+        what += "commit applied last is not in it: a force-push?)"
+    elif prunes == live:
         what = f"all {live} objects" if live > 1 else "the only object"
     elif live >= MASS_PRUNE_MIN_OBJECTS and prunes > share * live:
         what = f"{prunes} of {live} objects (over {share:.0%})"

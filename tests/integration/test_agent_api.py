@@ -18,6 +18,7 @@ from mlsm.controller import heartbeats
 from mlsm.controller.agents import FLUSH_SECONDS, AgentApi
 from mlsm.controller.api import create_app
 from mlsm.controller.assigning import assign
+from mlsm.controller.capacity import Capacity
 from mlsm.controller.heartbeats import Identities
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
@@ -292,3 +293,49 @@ def test_heartbeats_written_behind_land_in_one_flush(store: Store) -> None:
             assert node.last_heartbeat_at is not None
 
     anyio.run(go)
+
+
+def test_reads_that_fill_their_share_never_hold_up_heartbeats_or_healthz(store: Store) -> None:
+    # 200 listings once filled the one shared thread pool, and a heartbeating node went
+    # NotReady behind them. Reads have their own share now: with every read thread
+    # busy, a heartbeat (and its write) and /healthz still answer at once.
+    async def scenario() -> tuple[float, float, bool]:
+        capacity = Capacity()
+        agents = AgentApi(store, capacity=capacity)
+        transport = httpx.ASGITransport(app=create_app(store, agents=agents),
+                                        client=("127.0.0.1", 5000))  # fmt: skip
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            held = [object() for _ in range(int(capacity.reads.total_tokens))]
+            for borrower in held:  # every read thread busy
+                await capacity.reads.acquire_on_behalf_of(borrower)
+            listed: list[int] = []
+
+            async def listing() -> None:
+                listed.append((await client.get("/api/v1/jobs")).status_code)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(listing)
+                started = time.monotonic()
+                beat = await client.post(
+                    "/api/v1/agent/nodes/n1/heartbeat", json={"inventory": INVENTORY},
+                    headers={"Authorization": "Bearer n1-token"},
+                )  # fmt: skip
+                beat_took = time.monotonic() - started
+                assert beat.status_code == 200, beat.text
+                started = time.monotonic()
+                health = await client.get("/healthz")
+                health_took = time.monotonic() - started
+                assert health.status_code == 200
+                waiting = listed == []  # the listing waits for its share
+                for borrower in held:
+                    capacity.reads.release_on_behalf_of(borrower)
+            assert listed == [200]
+            return beat_took, health_took, waiting
+
+    beat_took, health_took, waiting = anyio.run(scenario)
+    assert waiting
+    assert beat_took < 1.0
+    assert health_took < 1.0
+    with store.read() as session:
+        node = session.scalars(select(Node).where(Node.name == "n1")).one()
+    assert node.last_heartbeat_at is not None  # written, not queued behind the reads

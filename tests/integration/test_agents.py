@@ -511,3 +511,55 @@ def test_a_damaged_record_never_means_a_second_start(
     assert [r["id"] for r in runs_of(client, "once")] == [run["id"]]
     assert log.read_text().count("START") == 1, "started a second time"
     wait_for(lambda: "END" in client.get(f"/api/v1/runs/{run['id']}/logs").text)
+
+
+def limited_job(name: str, code: str, resources: str) -> str:
+    return f"""
+        apiVersion: mlsm/v1
+        kind: TrainingJob
+        metadata: {{name: {name}, owner: ada}}
+        spec:
+          runtime: {{venv: {{python: "3"}}}}
+          command: [python, -c, {json.dumps(code)}]
+          resources: {resources}
+    """
+
+
+@sqlite_only
+def test_a_venv_job_gets_what_it_is_allowed(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+) -> None:
+    # A job with memory 256Mi and cpu 500m once touched 2 GiB, saw both CPUs and
+    # succeeded: nothing enforced `resources`.
+    client, agents = started(start, start_agent, repo, database_url, {"n1": 0})
+    grow = (
+        "import time\nheap = []\nwhile True:\n    heap.append(bytearray(8 << 20)); time.sleep(0.01)"
+    )
+    pinned = (
+        "import json, os; out = os.path.join(os.environ['MLSM_OUTPUT_DIR'], 'cpus.json'); "
+        "json.dump(sorted(os.sched_getaffinity(0)), open(out, 'w')); " + UNTIL_TOLD
+    )
+    repo.write("jobs/greedy.yaml", limited_job("greedy", grow, "{gpus: 0, cpu: 0.5, memory: 64Mi}"))
+    repo.write(
+        "jobs/pinned.yaml", limited_job("pinned", pinned, "{gpus: 0, cpu: 0.5, memory: 1Gi}")
+    )
+    repo.commit("limited")
+    wait_phase(client, "greedy", "Failed", timeout=60)
+    [run] = runs_of(client, "greedy")
+    assert run["reason"] == "OOMKilled"
+    assert "over the 64.0 MiB it is allowed (resources.memory)" in run["message"]
+
+    wait_phase(client, "pinned", "Running")
+    cpus = agents["n1"].root / "jobs/pinned/output/cpus.json"
+    wait_for(cpus.is_file)
+    assert len(json.loads(cpus.read_text())) == 1  # 500m: one CPU, not both
+    page = cli(client, "describe", "job", "pinned")
+    assert "Limits of run" in page
+    assert "cpu 0.5: 1 of" in page
+    assert "by affinity, rounded up from 0.5" in page
+    assert "memory 1Gi: its processes' resident memory watched every 0.25 s" in page
+    (agents["n1"].root / "jobs/pinned/output/finish").write_text("")
+    wait_phase(client, "pinned", "Succeeded", timeout=30)

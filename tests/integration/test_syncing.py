@@ -254,14 +254,43 @@ def test_a_remote_branch_is_followed_through_a_force_push(
     repo.git("reset", "-q", "--hard", first)  # a force-push rewrites the branch
     repo.write("jobs/c.yaml", job("c"))
     repo.commit("Rewritten history")
+    # 1 of 2 objects pruned is under the mass-prune guard's count, but it follows a
+    # rewrite of the branch's history (an unrelated force-push once pruned 7 of 9
+    # jobs): held for a person to confirm.
+    assert not sync.sync().ok
+    held = sync_state(store)
+    assert held.status == "Failed"
+    assert "1 of 2 objects after a rewrite of the branch's history" in held.error
+    assert set(live(store, Job)) == {"a", "b"}
+    repo.git("commit", "-q", "--amend", "-m", "Rewritten history\n\nAllow-Mass-Prune: true")
     assert sync.sync().ok
     assert set(live(store, Job)) == {"a", "c"}
+
+
+def test_a_force_push_that_prunes_nothing_is_applied(
+    store: Store, repo: GitRepo, tmp_path: Path
+) -> None:
+    repo.write("jobs/a.yaml", job("a"))
+    first = repo.commit()
+    repo.write("jobs/a.yaml", job("a", epochs=2))
+    repo.commit()
+    sync = syncer(store, f"file://{repo.root}", tmp_path)
+    sync.sync()
+    repo.git("reset", "-q", "--hard", first)
+    repo.write("jobs/b.yaml", job("b"))
+    repo.commit("Rewritten, nothing removed")
+    outcome = sync.sync()
+    assert outcome.ok
+    assert sync_state(store).status == "Synced"
+    assert set(live(store, Job)) == {"a", "b"}
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        pytest.param("file:///nonexistent/repo", "cannot fetch branch 'main' from file:///nonex",
+        pytest.param("file:///nonexistent/repo", "cannot fetch branch 'main' from file:///"
+                     "nonexistent/repo: fatal: '/nonexistent/repo' does not appear to be a git "
+                     "repository fatal: Could not read from remote repository.",
                      id="unreachable-remote"),
         pytest.param("EMPTY", "there is no branch 'main' (is the repository empty?)",
                      id="empty-repository"),
@@ -327,3 +356,28 @@ def test_a_plain_directory_is_a_source_too(store: Store, tmp_path: Path) -> None
     assert sync.sync().changed == 1
     assert sync.sync().skipped
     assert live(store, Job)["a"].source_path == "jobs/a.yaml"
+
+
+def test_a_directory_source_never_reads_through_a_link(store: Store, tmp_path: Path) -> None:
+    # jobs/hello.yaml -> a secret outside the source: its first line used to come back
+    # through the token-free read API, in a validation message.
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:the-secret-line:/root:/bin/bash\n")
+    (tmp_path / "outside" / "more").mkdir()
+    (tmp_path / "outside" / "more" / "b.yaml").write_text(textwrap.dedent(job("b")).lstrip())
+    root = tmp_path / "manifests"
+    (root / "jobs").mkdir(parents=True)
+    (root / "jobs" / "a.yaml").write_text(textwrap.dedent(job("a")).lstrip())
+    (root / "jobs" / "hello.yaml").symlink_to(secret)
+    (root / "linked").symlink_to(tmp_path / "outside" / "more", target_is_directory=True)
+    sync = Syncer(store, open_source(str(root), state_dir=tmp_path / "state"))
+    outcome = sync.sync()
+    assert (outcome.ok, outcome.broken_files) == (True, 2)
+    assert set(live(store, Job)) == {"a"}  # b, behind a linked folder, is not read either
+    state = sync_state(store)
+    assert [p["path"] for p in state.problems] == ["jobs/hello.yaml", "linked"]
+    assert all("a symbolic link, not followed" in p["message"] for p in state.problems)
+    with store.read() as session:
+        said = " ".join(session.scalars(select(Event.message)))
+    assert "the-secret-line" not in said + str(state.problems)

@@ -189,3 +189,15 @@ def test_an_empty_repository_is_a_source_error(repo: Path) -> None:
 def test_not_a_repository(tmp_path: Path) -> None:
     with pytest.raises(manifests.SourceError, match="not a git repository"):
         manifests.load_git_tree(tmp_path)
+
+
+def test_a_message_repeats_only_a_short_escaped_excerpt_of_a_value() -> None:
+    secret = "root:x:0:0:" + "s" * 200 + "\x1b[31m"
+    [problem] = manifests.load_bytes(
+        f'"{secret}"\n'.encode().replace(b"\x1b", b"\\e"), "f"
+    ).problems
+    excerpt = problem.message.split("got ", 1)[1]
+    assert len(excerpt) <= 45
+    assert "\x1b" not in problem.message
+    [problem] = manifests.load_bytes(b'"root\\e[31m:x"\n', "f").problems
+    assert problem.message.endswith("got 'root\\x1b[31m:x'")

@@ -1,0 +1,72 @@
+"""What a venv job is allowed is what it gets: CPUs by affinity (chosen least used
+first), memory watched by the run's shim, which ends the whole group past it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlsm.agent import limits, shim
+
+SHIM = shim.__file__
+
+
+def test_cpus_are_whole_and_the_least_used_first() -> None:
+    chosen = limits.choose(1.5, None, [0, 1, 2, 3], busy=[0, 1, 0])
+    assert chosen.cpus == (2, 3)
+    assert "cpu 1.5: 2 of 4 CPUs (2,3) by affinity, rounded up from 1.5 (no CPU quota)" in (
+        chosen.said
+    )
+    assert limits.choose(0.5, None, [0, 1], busy=[]).cpus == (0,)
+    everything = limits.choose(4, None, [0, 1], busy=[])
+    assert everything.cpus == ()
+    assert "all 2 CPUs of the node (not limited)" in everything.said
+    assert "memory: not limited" in everything.said
+
+
+def test_memory_is_said_with_how_it_is_watched() -> None:
+    said = limits.choose(1, 256 << 20, [0, 1], busy=[]).said
+    assert said.startswith("enforced: cpu 1: 1 of 2 CPUs (0) by affinity; memory 256Mi: ")
+    assert "OOMKilled past it" in said
+
+
+def shimmed(tmp_path: Path, *options: str, code: str) -> tuple[int, dict[str, object], str]:
+    status = tmp_path / "status.json"
+    done = subprocess.run(
+        [sys.executable, "-I", SHIM, str(status), *options, "--", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, start_new_session=True,
+    )  # fmt: skip
+    return done.returncode, json.loads(status.read_text()), done.stdout
+
+
+def test_the_shim_ends_a_run_that_grows_past_its_memory(tmp_path: Path) -> None:
+    grow = (
+        "import time\nheap = []\nwhile True:\n    heap.append(bytearray(8 << 20)); time.sleep(0.01)"
+    )
+    code, status, _ = shimmed(tmp_path, "--memory", str(64 << 20), code=grow)
+    assert status["reason"] == "OOMKilled"
+    assert status["exitCode"] == -9
+    message = str(status["message"])
+    assert message.startswith("killed for memory: its processes used ")
+    assert "over the 64.0 MiB it is allowed (resources.memory)" in message
+    assert code == 128 + 9
+
+
+def test_a_run_within_its_memory_ends_as_it_would(tmp_path: Path) -> None:
+    code, status, _ = shimmed(tmp_path, "--memory", str(512 << 20), code="import sys; sys.exit(3)")
+    assert (code, status) == (3, {"exitCode": 3})
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_the_shim_pins_a_run_and_all_it_starts_to_its_cpus(tmp_path: Path) -> None:
+    one = min(os.sched_getaffinity(0))
+    show = "import os; print(sorted(os.sched_getaffinity(0)))"
+    probe = f"{show}; import subprocess, sys; subprocess.run([sys.executable, '-c', {show!r}])"
+    _, status, out = shimmed(tmp_path, "--cpus", str(one), code=probe)
+    assert status == {"exitCode": 0}
+    assert out.split() == [f"[{one}]", f"[{one}]"]
