@@ -269,6 +269,8 @@ class Agent:
             code = run.process.poll()
             if code is not None:
                 outcome = self._outcome(run, code)
+                if run.enforced is not None:
+                    limits.release(run.enforced.cgroup)
                 run.observed = replace(run.observed, state="exited", outcome=outcome)
                 log.info("run %s of job %s exited with %s", run.id[:8], run.job, code)
                 if run.record is not None:
@@ -283,9 +285,11 @@ class Agent:
             return Outcome("Succeeded", "Completed", "exit code 0", 0)
         last = tail(self._run_dir(run.id) / "output.log", lines=3, limit=1024)
         ended = run.process.ended() if run.process is not None else {}
-        if ended.get("reason") == "OOMKilled":
-            message = f"{ended.get('message', 'killed for memory')}; last output:\n{last}"
-            return Outcome("Failed", "OOMKilled", message.rstrip(), code)
+        group = run.enforced.cgroup if run.enforced is not None else None
+        killed = limits.oom_killed(group) if group is not None else None
+        if ended.get("reason") == "OOMKilled" or killed:
+            said = killed or str(ended.get("message", "killed for memory"))
+            return Outcome("Failed", "OOMKilled", f"{said}; last output:\n{last}".rstrip(), code)
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
             hint = " (out of memory?)" if code == -signal.SIGKILL else ""
@@ -392,9 +396,12 @@ class Agent:
         held = [r.enforced for r in self.runs.values() if r.id != run.id]
         busy = [cpu for enforced in held if enforced is not None for cpu in enforced.cpus]
         memory = spec.resources.memory
-        run.enforced = limits.choose(spec.resources.cpu, memory, limits.allowed_cpus(), busy)
+        group = limits.memory_cgroup(run.id, memory) if memory else None
+        run.enforced = limits.choose(
+            spec.resources.cpu, memory, limits.allowed_cpus(), busy, cgroup=group
+        )
         return Launch(run=run.id, argv=argv or [], env=env, cwd=directory,
-                      cpus=run.enforced.cpus, memory=run.enforced.memory,
+                      cpus=run.enforced.cpus, memory=run.enforced.memory, cgroup=group,
                       log=directory / "output.log", python=venv.python,
                       requirements=venv.requirements,
                       system_site_packages=venv.system_site_packages,

@@ -1,9 +1,13 @@
-"""`python shim.py STATUS [--cpus 0,1] [--memory BYTES] -- PROGRAM ARGS...`: runs a job
-as its child and writes the child's exit status to STATUS (atomically) when it ends.
+"""Runs a job as its child and writes the child's exit status to STATUS (atomically)
+when it ends:
+
+    python shim.py STATUS [--cpus 0,1] [--memory BYTES | --cgroup DIR] -- PROGRAM ARGS...
 
 What a job is allowed is enforced here, so that it holds while no agent watches:
 `--cpus` pins the job to those CPUs (affinity, inherited by all it starts);
-`--memory` is watched as Slurm's OverMemoryKill does: every quarter second the
+`--cgroup` joins the run's memory cgroup (made by the agent) before the job starts,
+so that the kernel holds its memory limit; where there is none, `--memory` is
+watched as Slurm's OverMemoryKill does: every quarter second the
 resident memory of every process in the run's group but the shim is summed, and
 past the limit they are all killed and the status says OOMKilled, with what was
 used and what was allowed.
@@ -83,7 +87,7 @@ def _watch(child: subprocess.Popen[bytes], memory: int) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     options: dict[str, str] = {}
-    while len(argv) > 2 and argv[1] in ("--cpus", "--memory"):
+    while len(argv) > 2 and argv[1] in ("--cpus", "--memory", "--cgroup"):
         options[argv[1]] = argv[2]
         del argv[1:3]
     if len(argv) < 3 or argv[1] != "--":
@@ -95,6 +99,13 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: None)  # a handler (not SIG_IGN): exec resets it
     if "--cpus" in options:
         os.sched_setaffinity(0, {int(c) for c in options["--cpus"].split(",")})
+    if "--cgroup" in options:  # the job, and all it starts, in the run's memory cgroup
+        try:
+            with open(os.path.join(options["--cgroup"], "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+        except OSError as exc:
+            _write(status, {"exitCode": 126, "error": f"cannot join {options['--cgroup']}: {exc}"})
+            return 126
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
@@ -104,6 +115,10 @@ def main(argv: list[str]) -> int:
         ended = _watch(child, int(options["--memory"]))
     else:  # PEP 475: the wait is retried across the signals the handler swallows
         ended = {"exitCode": child.wait()}
+    if "--cgroup" in options:  # leave it, so that the agent can remove it
+        parent = os.path.dirname(os.path.normpath(options["--cgroup"]))
+        with contextlib.suppress(OSError), open(os.path.join(parent, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
     _write(status, ended)
     code = int(str(ended["exitCode"]))
     return code if code >= 0 else 128 - code

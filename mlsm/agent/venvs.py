@@ -63,6 +63,8 @@ class Launch:
     """The CPUs the run is pinned to (all, when empty)."""
     memory: int | None = None
     """Resident bytes past which the shim ends the run (OOMKilled)."""
+    cgroup: Path | None = None
+    """The run's memory cgroup, which its shim joins before the job starts."""
 
 
 @dataclass(slots=True)
@@ -261,6 +263,8 @@ class VenvRuntime:
             limits += ["--cpus", ",".join(map(str, launch.cpus))]
         if launch.memory:
             limits += ["--memory", str(launch.memory)]
+        if launch.cgroup is not None:
+            limits += ["--cgroup", str(launch.cgroup)]
         with launch.log.open("ab") as out:
             try:
                 popen = subprocess.Popen(

@@ -70,3 +70,53 @@ def test_the_shim_pins_a_run_and_all_it_starts_to_its_cpus(tmp_path: Path) -> No
     _, status, out = shimmed(tmp_path, "--cpus", str(one), code=probe)
     assert status == {"exitCode": 0}
     assert out.split() == [f"[{one}]", f"[{one}]"]
+
+
+def fake_hierarchy(tmp_path: Path) -> Path:
+    """A cgroup v1 memory hierarchy as a plain folder, with this process's own path."""
+    own = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    [path] = [p for _, controllers, p in own if "memory" in controllers.split(",")] or ["/"]
+    base = tmp_path / "memory" / path.lstrip("/")
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def test_a_memory_cgroup_is_made_below_the_agents_own(tmp_path: Path) -> None:
+    base = fake_hierarchy(tmp_path)
+    group = limits.memory_cgroup("run-1", 64 << 20, root=tmp_path)
+    assert group == base / "mlsm-run-1"
+    assert (group / "memory.limit_in_bytes").read_text() == str(64 << 20)
+    chosen = limits.choose(1, 64 << 20, [0, 1], busy=[], cgroup=group)
+    assert (chosen.memory, chosen.cgroup) == (None, group)  # the kernel holds it, not the watch
+    assert f"memory 64Mi: a memory cgroup ({group}), held by the kernel" in chosen.said
+    assert limits.oom_killed(group) is None
+    (group / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    assert limits.oom_killed(group) == (
+        "killed by the kernel for memory: over the 64Mi it is allowed "
+        "(resources.memory, held by a memory cgroup)"
+    )
+
+
+def test_without_a_writable_hierarchy_the_shim_watches(tmp_path: Path) -> None:
+    assert limits.memory_cgroup("run-1", 64 << 20, root=tmp_path / "none") is None
+    said = limits.choose(1, 64 << 20, [0, 1], busy=[]).said
+    assert "watched every 0.25 s, OOMKilled past it (no memory cgroup to use here)" in said
+
+
+REAL = limits.memory_cgroup("probe", 1 << 30)
+limits.release(REAL)
+
+
+@pytest.mark.skipif(REAL is None, reason="no memory cgroup this process may write")
+def test_the_kernel_holds_a_real_memory_cgroup(tmp_path: Path) -> None:
+    group = limits.memory_cgroup(f"test-{os.getpid()}", 64 << 20)
+    assert group is not None
+    try:
+        grow = "heap = []\nwhile True:\n    heap.append(bytearray(8 << 20))"
+        _, status, _ = shimmed(tmp_path, "--cgroup", str(group), code=grow)
+        assert status["exitCode"] == -9  # the kernel's OOM killer, inside the cgroup
+        assert limits.oom_killed(group) is not None
+        assert not (group / "cgroup.procs").read_text().strip()  # the shim has left it
+    finally:
+        limits.release(group)
+    assert not group.exists()
