@@ -339,3 +339,33 @@ def test_reads_that_fill_their_share_never_hold_up_heartbeats_or_healthz(store: 
     with store.read() as session:
         node = session.scalars(select(Node).where(Node.name == "n1")).one()
     assert node.last_heartbeat_at is not None  # written, not queued behind the reads
+
+
+@pytest.mark.parametrize("limit", [99, 100, 101, 250, 1000])
+def test_list_pages_read_in_batches_are_whole_and_exact(
+    store: Store, repo: GitRepo, tmp_path: Path, limit: int
+) -> None:
+    for i in range(249):  # with the fixture's job: 250
+        repo.write(f"jobs/j{i:03}.yaml", manifest_job(f"j{i:03}", 1))
+    repo.commit("many")
+    assert Syncer(store, open_source(str(repo.root), state_dir=tmp_path)).sync().ok
+
+    async def pages() -> list[list[str]]:
+        transport = httpx.ASGITransport(app=create_app(store), client=("127.0.0.1", 5000))
+        out: list[list[str]] = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            cursor = ""
+            while True:
+                params = {"limit": limit, "continue": cursor}
+                page = (await client.get("/api/v1/jobs", params=params)).json()
+                out.append([item["metadata"]["name"] for item in page["items"]])
+                cursor = page["continue"]
+                if cursor is None:
+                    return out
+
+    found = anyio.run(pages)
+    names = [name for page in found for name in page]
+    assert sorted(names) == sorted({*(f"j{i:03}" for i in range(249)), "train"})
+    assert len(names) == 250  # none twice
+    assert [len(p) for p in found[:-1]] == [limit] * (len(found) - 1)
+    assert 0 < len(found[-1]) <= limit
