@@ -26,9 +26,50 @@ from typing import Any
 
 from mlsm.files import write_durably
 
-__all__ = ["PROCESS_FILE", "RunRecord", "load_records", "process_start", "recover", "write_durably"]
+__all__ = [
+    "PROCESS_FILE",
+    "RunFolder",
+    "RunRecord",
+    "load_records",
+    "process_start",
+    "recover",
+    "write_durably",
+]
 
 PROCESS_FILE = "process.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RunFolder:
+    """A run's own folder, `<storage_root>/runs/<id>/`: the one place its layout is
+    named. The job runs there (its working directory)."""
+
+    path: Path
+
+    @property
+    def log(self) -> Path:
+        """The job's stdout and stderr, shipped line by line."""
+        return self.path / "output.log"
+
+    @property
+    def metrics(self) -> Path:
+        """MLSM_METRICS_FILE: one JSON record a line, shipped like the log."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def status(self) -> Path:
+        """The shim's exit status, written when the job ends."""
+        return self.path / "exit-status.json"
+
+    @property
+    def process(self) -> Path:
+        """What finds the run again without its record (`RunRecord.save_process`)."""
+        return self.path / PROCESS_FILE
+
+    @property
+    def trainer_config(self) -> Path:
+        """The built-in trainer's config, for trainer jobs."""
+        return self.path / "trainer.json"
 
 
 @dataclass
@@ -51,20 +92,24 @@ class RunRecord:
     forgotten: bool = False
 
     @property
+    def folder(self) -> RunFolder:
+        return RunFolder(Path(self.directory))
+
+    @property
     def log(self) -> Path:
-        return Path(self.directory) / "output.log"
+        return self.folder.log
 
     @property
     def metrics(self) -> Path:
-        return Path(self.directory) / "metrics.jsonl"
+        return self.folder.metrics
 
     @property
     def status(self) -> Path:
-        return Path(self.directory) / "exit-status.json"
+        return self.folder.status
 
     @property
     def process_file(self) -> Path:
-        return Path(self.directory) / PROCESS_FILE
+        return self.folder.process
 
     def save(self, state: Path) -> None:
         write_durably(state / "runs" / f"{self.run}.json", json.dumps(asdict(self)))
@@ -151,11 +196,11 @@ def recover(run: str, directory: Path) -> tuple[RunRecord | None, str]:
     if not directory.is_dir():
         return None, f"no folder {directory}"
     try:
-        facts = json.loads((directory / PROCESS_FILE).read_text())
+        facts = json.loads(RunFolder(directory).process.read_text())
         record = RunRecord(run=run, job=str(facts["job"]), pid=int(facts["pid"]),
                            pid_start=facts.get("pidStart"), directory=str(directory),
                            assignment=dict(facts.get("assignment") or {}))  # fmt: skip
-        how = f"found from {directory / PROCESS_FILE}"
+        how = f"found from {RunFolder(directory).process}"
     except (OSError, ValueError, KeyError, TypeError):
         pid = _find_shim(run)
         record = RunRecord(run=run, job="?", pid=pid or 0,

@@ -38,7 +38,7 @@ from mlsm.agent.datasets import DatasetScanner, ScanResult, resolve_under
 from mlsm.agent.gpus import Gpu, discover_gpus
 from mlsm.agent.inventory import host_inventory
 from mlsm.agent.reconciling import Observed, Outcome
-from mlsm.agent.records import RunRecord, load_records
+from mlsm.agent.records import RunFolder, RunRecord, load_records
 from mlsm.agent.settings import AgentSettings
 from mlsm.agent.shipping import read_lines
 from mlsm.agent.venvs import EnvBuildFailed, Launch, RunProcess, StartFailed, VenvRuntime, tail
@@ -283,7 +283,7 @@ class Agent:
                            "exit status was lost (was its process group killed?)")  # fmt: skip
         if code == 0:
             return Outcome("Succeeded", "Completed", "exit code 0", 0)
-        last = tail(self._run_dir(run.id) / "output.log", lines=3, limit=1024)
+        last = tail(RunFolder(self._run_dir(run.id)).log, lines=3, limit=1024)
         ended = run.process.ended() if run.process is not None else {}
         group = run.enforced.cgroup if run.enforced is not None else None
         killed = limits.oom_killed(group) if group is not None else None
@@ -378,7 +378,7 @@ class Agent:
         env.update(spec.env)
         env.update(
             MLSM_RUN_ID=run.id, MLSM_JOB=run.job, MLSM_OUTPUT_DIR=str(output),
-            MLSM_METRICS_FILE=str(directory / "metrics.jsonl"),
+            MLSM_METRICS_FILE=str(RunFolder(directory).metrics),
             CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)),
         )  # fmt: skip
         dataset = run.assignment.get("dataset")
@@ -402,7 +402,7 @@ class Agent:
         )
         return Launch(run=run.id, argv=argv or [], env=env, cwd=directory,
                       cpus=run.enforced.cpus, memory=run.enforced.memory, cgroup=group,
-                      log=directory / "output.log", python=venv.python,
+                      log=RunFolder(directory).log, python=venv.python,
                       requirements=venv.requirements,
                       system_site_packages=venv.system_site_packages,
                       inherit_agent=spec.trainer is not None)  # fmt: skip
@@ -423,7 +423,7 @@ class Agent:
             config["model"] = str(model)
         config.update(datasetRoot=env["MLSM_DATASET_DIR"], outputDir=env["MLSM_OUTPUT_DIR"])
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "trainer.json"
+        path = RunFolder(directory).trainer_config
         path.write_text(json.dumps(config, indent=2) + "\n")
         return ["python", "-m", "mlsm.training", "--config", str(path)]
 

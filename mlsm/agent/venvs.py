@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsm.agent import shim
-from mlsm.agent.records import process_start
+from mlsm.agent.records import RunFolder, process_start
 from mlsm.errors import MlsmError
 
 __all__ = ["EnvBuildFailed", "Launch", "RunProcess", "StartFailed", "VenvRuntime", "tail"]
@@ -256,7 +256,7 @@ class VenvRuntime:
                               f"(looked in the environment's bin and PATH)")  # fmt: skip
         launch.cwd.mkdir(parents=True, exist_ok=True)
         launch.log.parent.mkdir(parents=True, exist_ok=True)
-        status = launch.cwd / "exit-status.json"
+        status = RunFolder(launch.cwd).status
         status.unlink(missing_ok=True)
         limits: list[str] = []
         if launch.cpus:
