@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlsm.schemas.fields import format_bytes
+
 __all__ = ["Limits", "allowed_cpus", "choose", "memory_cgroup", "oom_killed", "release"]
 
 
@@ -128,7 +130,5 @@ def choose(
 
 
 def _size(count: int) -> str:
-    for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
-        if count >= size and count % size == 0:
-            return f"{count // size}{unit}"
-    return f"{count} bytes"
+    size = format_bytes(count)
+    return size if isinstance(size, str) else f"{size} bytes"

@@ -116,8 +116,13 @@ class RunRecord:
 
     def save_process(self) -> None:
         """What finds the run again without its record (written once, at its start)."""
-        facts = {"run": self.run, "job": self.job, "pid": self.pid,
-                 "pidStart": self.pid_start, "assignment": self.assignment}  # fmt: skip
+        facts = {
+            "run": self.run,
+            "job": self.job,
+            "pid": self.pid,
+            "pidStart": self.pid_start,
+            "assignment": self.assignment,
+        }
         write_durably(self.process_file, json.dumps(facts))
 
     def remove(self, state: Path) -> None:
@@ -171,8 +176,10 @@ def load_records(state: Path, runs: Path) -> tuple[list[RunRecord], list[str]]:
             what = f"{exc.__class__.__name__}: {exc}"[:200]
         record, how = recover(run, runs / run)
         if record is None:
-            damage.append(f"run {run}: its record {path} is damaged ({what}) and it never "
-                          f"started here ({how}): it may start now")  # fmt: skip
+            damage.append(
+                f"run {run}: its record {path} is damaged ({what}) and it never "
+                f"started here ({how}): it may start now"
+            )
             path.unlink(missing_ok=True)
             continue
         record.save(state)
@@ -197,15 +204,24 @@ def recover(run: str, directory: Path) -> tuple[RunRecord | None, str]:
         return None, f"no folder {directory}"
     try:
         facts = json.loads(RunFolder(directory).process.read_text())
-        record = RunRecord(run=run, job=str(facts["job"]), pid=int(facts["pid"]),
-                           pid_start=facts.get("pidStart"), directory=str(directory),
-                           assignment=dict(facts.get("assignment") or {}))  # fmt: skip
+        record = RunRecord(
+            run=run,
+            job=str(facts["job"]),
+            pid=int(facts["pid"]),
+            pid_start=facts.get("pidStart"),
+            directory=str(directory),
+            assignment=dict(facts.get("assignment") or {}),
+        )
         how = f"found from {RunFolder(directory).process}"
     except (OSError, ValueError, KeyError, TypeError):
         pid = _find_shim(run)
-        record = RunRecord(run=run, job="?", pid=pid or 0,
-                           pid_start=process_start(pid) if pid else None,
-                           directory=str(directory))  # fmt: skip
+        record = RunRecord(
+            run=run,
+            job="?",
+            pid=pid or 0,
+            pid_start=process_start(pid) if pid else None,
+            directory=str(directory),
+        )
         how = f"its shim found in /proc by MLSM_RUN_ID={run}" if pid else "no process of it found"
     alive = "still running: adopted" if record.alive() else "ended: its exit status is reported"
     return record, f"{how}, pid {record.pid}, {alive}"

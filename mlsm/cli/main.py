@@ -254,8 +254,11 @@ def _warn_broken_files(client: Client) -> None:
     source that could not be read names no object, so say so under the table."""
     broken = sum(s.get("brokenFiles", 0) for s in client.get("/sync")["items"])
     if broken:
-        typer.echo(f"warning: {broken} file(s) in the source could not be read; their "
-                   "objects keep their last valid spec (mlsmctl get sync)", err=True)  # fmt: skip
+        typer.echo(
+            f"warning: {broken} file(s) in the source could not be read; their "
+            "objects keep their last valid spec (mlsmctl get sync)",
+            err=True,
+        )
 
 
 @app.command()

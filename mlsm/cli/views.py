@@ -98,17 +98,28 @@ def sync_table(states: Sequence[dict[str, Any]]) -> str:
     """`mlsmctl get sync`: where each source stands, then the problems of files that
     name no object (a file that is not YAML, too large, ...), which no object shows."""
     header = ["SOURCE", "STATUS", "COMMIT", "AUTHOR", "SYNCED", "OBJECTS", "INVALID", "FILES"]
-    rows = [[s["source"], s["status"], s["commit"]["sha"][:10] or "-",
-             _first_line(s["commit"]["author"]) or "-", age(s.get("lastSuccessAt")),
-             str(s["objects"]), str(s["invalid"]), f"{s.get('brokenFiles', 0)} broken"]
-            for s in states]  # fmt: skip
+    rows = [
+        [
+            s["source"],
+            s["status"],
+            s["commit"]["sha"][:10] or "-",
+            _first_line(s["commit"]["author"]) or "-",
+            age(s.get("lastSuccessAt")),
+            str(s["objects"]),
+            str(s["invalid"]),
+            f"{s.get('brokenFiles', 0)} broken",
+        ]
+        for s in states
+    ]
     lines = [_grid(header, rows)]
     for state in states:
         if state.get("error"):
             lines.append(f"{state['source']}: error: {state['error']}")
         for problem in state.get("problems") or []:
-            lines.append(f"{problem['path']}:{problem['line']}:{problem['column']}: "
-                         f"error: {problem['message']}")  # fmt: skip
+            lines.append(
+                f"{problem['path']}:{problem['line']}:{problem['column']}: "
+                f"error: {problem['message']}"
+            )
     return "\n".join(lines)
 
 

@@ -71,17 +71,38 @@ def _record_broken_files(
     now = {p.path: p for p in reversed(problems)}  # each file's first problem
     broke = [now[path] for path in sorted(now) if path not in was]
     for problem in broke[:MAX_FILE_EVENTS]:
-        record(session, None, "InvalidFile",
-               f"{problem.path}:{problem.line}:{problem.column}: {problem.describe()}; "
-               "objects defined there keep their last valid spec",
-               kind="Sync", name=state.source, warning=True, commit=commit)  # fmt: skip
+        record(
+            session,
+            None,
+            "InvalidFile",
+            f"{problem.path}:{problem.line}:{problem.column}: {problem.describe()}; "
+            "objects defined there keep their last valid spec",
+            kind="Sync",
+            name=state.source,
+            warning=True,
+            commit=commit,
+        )
     if len(broke) > MAX_FILE_EVENTS:
-        record(session, None, "InvalidFile",
-               f"and {len(broke) - MAX_FILE_EVENTS} more files with problems (GET /api/v1/sync)",
-               kind="Sync", name=state.source, warning=True, commit=commit)  # fmt: skip
+        record(
+            session,
+            None,
+            "InvalidFile",
+            f"and {len(broke) - MAX_FILE_EVENTS} more files with problems (GET /api/v1/sync)",
+            kind="Sync",
+            name=state.source,
+            warning=True,
+            commit=commit,
+        )
     for path in sorted(was - set(now))[:MAX_FILE_EVENTS]:
-        record(session, None, "FileValid", f"{path} reads again", kind="Sync",
-               name=state.source, commit=commit)  # fmt: skip
+        record(
+            session,
+            None,
+            "FileValid",
+            f"{path} reads again",
+            kind="Sync",
+            name=state.source,
+            commit=commit,
+        )
     state.problems = [
         {"path": p.path, "line": p.line, "column": p.column, "message": p.describe()}
         for p in problems[:MAX_SYNC_PROBLEMS]

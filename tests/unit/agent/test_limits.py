@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from mlsm.agent import limits, shim
 
 SHIM = shim.__file__
@@ -62,7 +60,6 @@ def test_a_run_within_its_memory_ends_as_it_would(tmp_path: Path) -> None:
     assert (code, status) == (3, {"exitCode": 3})
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
 def test_the_shim_pins_a_run_and_all_it_starts_to_its_cpus(tmp_path: Path) -> None:
     one = min(os.sched_getaffinity(0))
     show = "import os; print(sorted(os.sched_getaffinity(0)))"
@@ -103,14 +100,12 @@ def test_without_a_writable_hierarchy_the_shim_watches(tmp_path: Path) -> None:
     assert "watched every 0.25 s, OOMKilled past it (no memory cgroup to use here)" in said
 
 
-REAL = limits.memory_cgroup("probe", 1 << 30)
-limits.release(REAL)
-
-
-@pytest.mark.skipif(REAL is None, reason="no memory cgroup this process may write")
 def test_the_kernel_holds_a_real_memory_cgroup(tmp_path: Path) -> None:
+    # Machines like CI's offer a memory cgroup the agent may write (cgroup v1's memory
+    # hierarchy, as root); where one is missing this fails rather than skip, since
+    # the runs there would fall back to the shim's watch.
     group = limits.memory_cgroup(f"test-{os.getpid()}", 64 << 20)
-    assert group is not None
+    assert group is not None, "no memory cgroup this process may write"
     try:
         grow = "heap = []\nwhile True:\n    heap.append(bytearray(8 << 20))"
         _, status, _ = shimmed(tmp_path, "--cgroup", str(group), code=grow)
