@@ -7,6 +7,7 @@ will) and `Unreachable` (the network or the controller is down; retry).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -14,7 +15,9 @@ import httpx
 from mlsm import __version__
 from mlsm.errors import MlsmError
 
-__all__ = ["ControllerClient", "Gone", "Refused", "Unreachable"]
+__all__ = ["Complaints", "ControllerClient", "Gone", "Refused", "Unreachable"]
+
+log = logging.getLogger("mlsm.agent")
 
 
 class Unreachable(MlsmError):
@@ -31,6 +34,22 @@ class Refused(MlsmError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Complaints:
+    """Problems logged once per change, not once per retry, by topic."""
+
+    def __init__(self) -> None:
+        self._said: dict[str, str] = {}
+
+    def complain(self, topic: str, message: str) -> None:
+        if self._said.get(topic) != message:
+            self._said[topic] = message
+            log.warning("%s", message)
+
+    def recovered(self, topic: str, message: str = "the controller answers again") -> None:
+        if self._said.pop(topic, None) is not None:
+            log.info("%s: %s", topic, message)
 
 
 class ControllerClient:

@@ -32,7 +32,9 @@ def host_inventory(
     gpus: Iterable[Gpu],
     runtimes: Iterable[str],
     datasets: Mapping[str, ScanResult],
+    missing: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """`missing`: runtimes the agent may offer but cannot now, and why."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpus": cpus or 1,
@@ -40,6 +42,7 @@ def host_inventory(
         "gpus": [g.to_json() for g in gpus],
         "diskFree": shutil.disk_usage(storage_root).free,
         "runtimes": sorted(runtimes),
+        "runtimeProblems": dict(sorted((missing or {}).items())),
         "datasets": {name: result.to_json() for name, result in sorted(datasets.items())},
         "agentVersion": __version__,
     }

@@ -22,12 +22,17 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mlsm.agent.reconciling import Observed
 from mlsm.files import write_durably
+
+if TYPE_CHECKING:
+    from mlsm.agent.runtimes import Handle
 
 __all__ = [
     "PROCESS_FILE",
+    "LocalRun",
     "RunFolder",
     "RunRecord",
     "load_records",
@@ -73,6 +78,25 @@ class RunFolder:
 
 
 @dataclass
+class LocalRun:
+    """A run this agent holds, in memory: its assignment, what the reconciler knows of
+    it, its handle once started (`mlsm.agent.runtimes`) and its record."""
+
+    id: str
+    assignment: dict[str, Any]
+    runtime: str = "venv"
+    observed: Observed = field(default_factory=lambda: Observed("preparing"))
+    handle: Handle | None = None
+    """The runtime's, once the run has started or been adopted."""
+    cancelled: bool = False
+    record: RunRecord | None = None
+
+    @property
+    def job(self) -> str:
+        return str(self.assignment.get("job", "?"))
+
+
+@dataclass
 class RunRecord:
     run: str
     job: str
@@ -90,6 +114,14 @@ class RunRecord:
     """How it ended (phase, reason, message, exit code), once it has."""
     reported: str | None = None
     forgotten: bool = False
+    runtime: str = "venv"
+    """The runtime that runs it (`mlsm.agent.runtimes`), which adopts it again."""
+    container: str | None = None
+    """The container's name (docker runs; their pid is 0)."""
+    cgroup: str | None = None
+    """The run's memory cgroup (venv runs where the machine offers one)."""
+    enforced: str | None = None
+    """What is enforced on it, as said when it started."""
 
     @property
     def folder(self) -> RunFolder:
@@ -122,6 +154,9 @@ class RunRecord:
             "pid": self.pid,
             "pidStart": self.pid_start,
             "assignment": self.assignment,
+            "runtime": self.runtime,
+            "container": self.container,
+            "cgroup": self.cgroup,
         }
         write_durably(self.process_file, json.dumps(facts))
 
@@ -131,7 +166,10 @@ class RunRecord:
         (state / "runs" / f"{self.run}.json").unlink(missing_ok=True)
 
     def alive(self) -> bool:
-        """The run's shim still runs (the same process, not a reused pid)."""
+        """The run's shim still runs (the same process, not a reused pid); a container's
+        state is the engine's to say (False here)."""
+        if self.container is not None:
+            return False
         start = process_start(self.pid)
         return start is not None and (self.pid_start is None or start == self.pid_start)
 
@@ -211,6 +249,9 @@ def recover(run: str, directory: Path) -> tuple[RunRecord | None, str]:
             pid_start=facts.get("pidStart"),
             directory=str(directory),
             assignment=dict(facts.get("assignment") or {}),
+            runtime=str(facts.get("runtime") or "venv"),
+            container=facts.get("container"),
+            cgroup=facts.get("cgroup"),
         )
         how = f"found from {RunFolder(directory).process}"
     except (OSError, ValueError, KeyError, TypeError):
@@ -223,6 +264,8 @@ def recover(run: str, directory: Path) -> tuple[RunRecord | None, str]:
             directory=str(directory),
         )
         how = f"its shim found in /proc by MLSM_RUN_ID={run}" if pid else "no process of it found"
+    if record.container is not None:
+        return record, f"{how}, container {record.container}: adopted from the engine"
     alive = "still running: adopted" if record.alive() else "ended: its exit status is reported"
     return record, f"{how}, pid {record.pid}, {alive}"
 

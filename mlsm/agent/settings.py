@@ -25,24 +25,49 @@ class AgentSettings(BaseModel):
 
     controller: str = Field(description="The controller's URL ('http://ctl.lab:8470').")
     node: str = Field(description="This server's Node name, as in nodes/NAME.yaml.")
-    token_file: Path = Field(description="File holding the node token "
-                             "(mlsm-controller token issue --role node --node NAME).")  # fmt: skip
+    token_file: Path = Field(
+        description="File holding the node token "
+        "(mlsm-controller token issue --role node --node NAME)."
+    )
     storage_root: Path = Field(description="Where datasets, environments and runs live.")
-    state_dir: Path | None = Field(default=None, description="Agent state. Default: "
-                                   "<storage_root>/.mlsm-agent.")  # fmt: skip
-    runtimes: list[Literal["venv"]] = Field(default=["venv"])
+    state_dir: Path | None = Field(
+        default=None, description="Agent state. Default: <storage_root>/.mlsm-agent."
+    )
+    runtimes: list[Literal["venv", "docker"]] = Field(
+        default=["venv", "docker"],
+        description="Runtimes this agent may offer; docker only while a container engine answers.",
+    )
+    docker_host: str | None = Field(
+        default=None,
+        description="The container engine's API (default: DOCKER_HOST, else the usual sockets).",
+    )
+    image_pull_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a pull may take before the run fails ImagePullFailed.",
+    )
     heartbeat_interval: float = Field(default=5.0, gt=0, le=300)
-    stop_grace: float = Field(default=10.0, ge=0, le=3600,
-                              description="Seconds between SIGTERM and SIGKILL.")  # fmt: skip
-    dataset_rescan: float = Field(default=60.0, ge=1, le=86_400,
-                                  description="Seconds between dataset scans (a catalog "
-                                  "change scans at once).")  # fmt: skip
-    stop_runs_on_exit: bool = Field(default=False, description="Stop the runs when the "
-                                     "agent stops (default: they go on and a restarted "
-                                     "agent adopts them).")  # fmt: skip
+    stop_grace: float = Field(
+        default=10.0, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL."
+    )
+    dataset_rescan: float = Field(
+        default=60.0,
+        ge=1,
+        le=86_400,
+        description="Seconds between dataset scans (a catalog change scans at once).",
+    )
+    stop_runs_on_exit: bool = Field(
+        default=False,
+        description="Stop the runs when the "
+        "agent stops (default: they go on and a restarted "
+        "agent adopts them).",
+    )
     long_poll: float = Field(default=30.0, gt=0, le=60)
-    gpus_file: Path | None = Field(default=None, description="A JSON list of GPUs to report "
-                                   "instead of asking NVML or nvidia-smi.")  # fmt: skip
+    gpus_file: Path | None = Field(
+        default=None,
+        description="A JSON list of GPUs to report instead of asking NVML or nvidia-smi.",
+    )
     pip_args: list[str] = Field(
         default_factory=list, description="Extra pip install arguments ('--index-url', ...)."
     )
@@ -93,8 +118,10 @@ def load_settings(config: Path | None, overrides: dict[str, Any]) -> AgentSettin
             key = ".".join(str(p) for p in error["loc"]) or "settings"
             if error["type"] == "missing":
                 flag = key.replace("_", "-")
-                problems.append(f"{key} is required (--{flag}, MLSM_AGENT_{key.upper()} "
-                                f"or '{key} = ...' in the file)")  # fmt: skip
+                problems.append(
+                    f"{key} is required (--{flag}, MLSM_AGENT_{key.upper()} "
+                    f"or '{key} = ...' in the file)"
+                )
             elif error["type"] == "extra_forbidden":
                 problems.append(f"{key}: unknown setting")
             else:

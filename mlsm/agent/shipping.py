@@ -11,14 +11,30 @@ written is shipped cut once it passes LINE_CAP (a progress bar that never ends i
 line still shows), saying how much followed so far; the rest of that line, when it
 comes, is skipped: a read that starts inside a line (the byte before its offset is
 not a newline) goes on from the line's end, so one line never becomes two.
+
+Every runtime writes its runs' output to the run folder's files, so `Shipper` ships
+venv and container runs alike.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["BATCH_BYTES", "LINE_CAP", "read_lines"]
+import anyio
+import anyio.to_thread
+
+from mlsm.agent.client import Complaints, ControllerClient, Gone, Refused, Unreachable
+from mlsm.agent.records import RunRecord
+
+__all__ = ["BATCH_BYTES", "LINE_CAP", "SHIP_SECONDS", "Shipper", "read_lines"]
+
+log = logging.getLogger("mlsm.agent")
+
+SHIP_SECONDS = 0.25
 
 LINE_CAP = 16 * 1024
 BATCH_BYTES = 1 << 20
@@ -100,3 +116,68 @@ def _end_of_line(handle: BinaryIO, offset: int) -> tuple[int, bool]:
         if newline != -1:
             return position + newline + 1, True
         position += len(chunk)
+
+
+class Shipper:
+    """Ships every recorded run's log and metrics, oldest offset first, and forgets a
+    run (its record; its container through `release`) once it is reported, forgotten
+    by the reconciler and all its output is held by the controller."""
+
+    def __init__(
+        self,
+        client: ControllerClient,
+        state: Path,
+        complaints: Complaints,
+        release: Callable[[RunRecord], Awaitable[None]],
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.complaints = complaints
+        self.release = release
+        self.records: dict[str, RunRecord] = {}
+
+    def add(self, record: RunRecord) -> None:
+        self.records[record.run] = record
+
+    async def loop(self) -> None:
+        while True:
+            for record in list(self.records.values()):
+                try:
+                    await self.ship(record)
+                except Refused as exc:
+                    self.complaints.complain(
+                        "ship", f"cannot ship run {record.run[:8]}'s output: {exc}"
+                    )
+                except Gone:  # the controller has no such run (a new database): stop trying
+                    log.warning("run %s is unknown to the controller: its output stays in %s",
+                                record.run[:8], record.directory)  # fmt: skip
+                    await self._done(record)
+                except Unreachable as exc:
+                    self.complaints.complain("ship", f"cannot ship output: {exc}; retrying")
+                    break
+            await anyio.sleep(SHIP_SECONDS)
+
+    async def ship(self, record: RunRecord) -> None:
+        for stream, path in (("log", record.log), ("metrics", record.metrics)):
+            while True:
+                offset = record.log_offset if stream == "log" else record.metrics_offset
+                final = record.ended
+                lines, end = await anyio.to_thread.run_sync(
+                    functools.partial(read_lines, path, offset, final=final)
+                )
+                if end == offset:
+                    break
+                held = await self.client.output(record.run, stream, lines, end)
+                self.complaints.recovered("ship")
+                if stream == "log":
+                    record.log_offset = held
+                else:
+                    record.metrics_offset = held
+                record.save(self.state)
+        if record.forgotten and record.ended:
+            await self._done(record)
+
+    async def _done(self, record: RunRecord) -> None:
+        self.records.pop(record.run, None)
+        record.remove(self.state)
+        await self.release(record)

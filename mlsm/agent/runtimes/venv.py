@@ -1,6 +1,7 @@
 """The venv runtime: one Python virtual environment per (Python version, requirements,
 system site packages), built once under `<storage root>/envs/` and reused by later
-jobs; a job runs in it as its own process group.
+jobs; a job runs in it as its own process group, led by the shim (`shim.py`), which
+holds its CPU and memory limits (`limits.py`) and writes its exit status.
 
 A build holds a file lock on the environment, so two runs that need the same one
 never build it twice (the second waits and reuses it), even across agent restarts.
@@ -21,65 +22,48 @@ import signal
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlsm.agent import shim
-from mlsm.agent.records import RunFolder, process_start
-from mlsm.errors import MlsmError
+from mlsm.agent import limits, shim
+from mlsm.agent.reconciling import Outcome
+from mlsm.agent.records import RunFolder, RunRecord, process_start
+from mlsm.agent.runtimes import EnvBuildFailed, Launch, Mount, StartFailed, signal_outcome, tail
 
-__all__ = ["EnvBuildFailed", "Launch", "RunProcess", "StartFailed", "VenvRuntime", "tail"]
+__all__ = ["RunProcess", "VenvRuntime"]
 
 READY = ".mlsm-ready"
 SHIM = shim.__file__
 
 
-class EnvBuildFailed(MlsmError):
-    """The environment could not be built; the message says why (pip's last lines)."""
-
-
-class StartFailed(MlsmError):
-    """The job's process could not be started (command not found, bad working dir)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    """Everything needed to start one run's process."""
-
-    run: str
-    argv: Sequence[str]
-    env: Mapping[str, str]
-    cwd: Path
-    log: Path
-    python: str = "3"
-    requirements: Sequence[str] = ()
-    system_site_packages: bool = False
-    inherit_agent: bool = False
-    """See the agent's own packages (mlsm's trainer, its torch): for the built-in
-    trainer, which is part of mlsm. Needs the agent's Python version."""
-    cpus: Sequence[int] = ()
-    """The CPUs the run is pinned to (all, when empty)."""
-    memory: int | None = None
-    """Resident bytes past which the shim ends the run (OOMKilled)."""
-    cgroup: Path | None = None
-    """The run's memory cgroup, which its shim joins before the job starts."""
-
-
 @dataclass(slots=True)
 class RunProcess:
-    """A started job: its shim leads the run's process group (`shim.py`)."""
+    """A started venv job: its shim leads the run's process group (`shim.py`)."""
 
     pid: int
-    status: Path
-    """Where the shim writes the job's exit status."""
+    folder: RunFolder
     pid_start: int | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    limits: limits.Limits | None = None
+    cgroup: Path | None = None
+    """The run's memory cgroup, if it has one (also for adopted runs)."""
+    said: str | None = None
+    """What was enforced, as recorded (adopted runs)."""
     unknown: bool = False
     """It ended while no agent watched, and its shim could not write the status."""
+    _outcome: Outcome | None = field(default=None, repr=False)
 
-    def poll(self) -> int | None:
+    @property
+    def enforced(self) -> str | None:
+        return self.limits.said if self.limits is not None else self.said
+
+    @property
+    def cpus(self) -> tuple[int, ...]:
+        return self.limits.cpus if self.limits is not None else ()
+
+    def code(self) -> int | None:
         """The exit status once the job has ended (negative: killed by that signal)."""
         if self.popen is not None:
             if self.popen.poll() is None:
@@ -89,7 +73,7 @@ class RunProcess:
             if start is not None and (self.pid_start is None or start == self.pid_start):
                 return None
         try:
-            return int(json.loads(self.status.read_text())["exitCode"])
+            return int(json.loads(self.folder.status.read_text())["exitCode"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if self.popen is not None:  # the shim itself was killed (SIGKILL to the group)
@@ -97,10 +81,35 @@ class RunProcess:
         self.unknown = True
         return -1
 
+    def poll(self) -> Outcome | None:
+        if self._outcome is None:
+            code = self.code()
+            if code is None:
+                return None
+            self._outcome = self._ended(code)
+            limits.release(self.cgroup)
+        return self._outcome
+
+    def _ended(self, code: int) -> Outcome:
+        if self.unknown:
+            return Outcome(
+                "Failed",
+                "Unknown",
+                "it ended while the agent was down, and its "
+                "exit status was lost (was its process group killed?)",
+            )
+        last = tail(self.folder.log, lines=3, limit=1024)
+        ended = self.ended()
+        killed = limits.oom_killed(self.cgroup) if self.cgroup is not None else None
+        if code != 0 and (ended.get("reason") == "OOMKilled" or killed):
+            said = killed or str(ended.get("message", "killed for memory"))
+            return Outcome("Failed", "OOMKilled", f"{said}; last output:\n{last}".rstrip(), code)
+        return signal_outcome(code, last)
+
     def ended(self) -> dict[str, Any]:
         """What the shim wrote when the run ended ({} when nothing could be read)."""
         try:
-            data = json.loads(self.status.read_text())
+            data = json.loads(self.folder.status.read_text())
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -110,6 +119,15 @@ class RunProcess:
             return
         with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(self.pid, sig)
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "runtime": "venv",
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "cgroup": None if self.cgroup is None else str(self.cgroup),
+            "enforced": self.enforced,
+        }
 
 
 def _agent_site_dirs() -> list[str]:
@@ -124,25 +142,34 @@ def _site_packages(env: Path) -> Path:
     return found[0]
 
 
-def tail(path: Path, lines: int = 10, limit: int = 4096) -> str:
-    """The last lines of a text file (at most `limit` bytes of it)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(handle.tell() - limit, 0))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
-
-
 class VenvRuntime:
     name = "venv"
 
-    def __init__(self, storage_root: Path, *, pip_args: Sequence[str] = ()) -> None:
+    def __init__(self, storage_root: Path, *, pip_args: list[str] | None = None) -> None:
         self.envs = storage_root / "envs"
-        self.pip_args = list(pip_args)
+        self.pip_args = list(pip_args or [])
         self._versions: dict[str, str] = {}
+
+    def sees(self, mount: Mount) -> str:
+        return str(mount.source)
+
+    def problem(self) -> str | None:
+        return None
+
+    def prepare(self, launch: Launch) -> Path:
+        return self.ensure_env(launch)
+
+    def adopt(self, record: RunRecord) -> RunProcess:
+        cgroup = Path(record.cgroup) if record.cgroup else None
+        return RunProcess(
+            record.pid, record.folder, record.pid_start, cgroup=cgroup, said=record.enforced
+        )
+
+    def release(self, record: RunRecord) -> None:
+        limits.release(Path(record.cgroup) if record.cgroup else None)
+
+    def strays(self, known: Collection[str]) -> list[RunRecord]:
+        return []  # load_records finds a venv run from its folder and /proc
 
     # environments --------------------------------------------------------------------
 
@@ -181,10 +208,11 @@ class VenvRuntime:
     def env_dir(self, launch: Launch) -> tuple[Path, str, dict[str, object]]:
         executable, version = self.interpreter(launch.python)
         key: dict[str, object] = {
-            "python": version, "requirements": [r.strip() for r in launch.requirements],
+            "python": version,
+            "requirements": [r.strip() for r in launch.requirements],
             "systemSitePackages": launch.system_site_packages,
-        }  # fmt: skip
-        if launch.inherit_agent:
+        }
+        if launch.trainer:
             mine = ".".join(map(str, sys.version_info[:2]))
             if not (version == mine or version.startswith(mine + ".")):
                 raise EnvBuildFailed(
@@ -232,9 +260,17 @@ class VenvRuntime:
                 (_site_packages(path) / "mlsm-agent.pth").write_text("\n".join(lines) + "\n")
             if requirements:
                 (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
-                pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--no-input",
-                       "--disable-pip-version-check", *self.pip_args,
-                       "-r", str(path / "requirements.txt")]  # fmt: skip
+                pip = [
+                    str(path / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-input",
+                    "--disable-pip-version-check",
+                    *self.pip_args,
+                    "-r",
+                    str(path / "requirements.txt"),
+                ]
                 out.write(f"$ {' '.join(pip)}\n".encode())
                 out.flush()
                 if subprocess.run(pip, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
@@ -244,35 +280,57 @@ class VenvRuntime:
     # processes -----------------------------------------------------------------------
 
     def start(self, launch: Launch, env_dir: Path) -> RunProcess:
-        """Start the run's command in `env_dir`, in its own process group, with stdout
-        and stderr appended to its log file."""
+        """Start the run's command in `env_dir`, in its own process group led by the
+        shim, with stdout and stderr appended to its log file. The job sees the
+        agent's environment under its own variables (spec.env, MLSM_*), and only its
+        GPUs (CUDA_VISIBLE_DEVICES)."""
         bin_dir = str(env_dir / "bin")
-        env = {**launch.env, "VIRTUAL_ENV": str(env_dir)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
+        env.update(launch.env)
+        env.update(CUDA_VISIBLE_DEVICES=",".join(map(str, launch.gpus)), VIRTUAL_ENV=str(env_dir))
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
         env.pop("PYTHONHOME", None)
         program = shutil.which(launch.argv[0], path=env["PATH"]) if launch.argv else None
         if program is None:
-            raise StartFailed(f"command not found: '{launch.argv[0] if launch.argv else ''}' "
-                              f"(looked in the environment's bin and PATH)")  # fmt: skip
-        launch.cwd.mkdir(parents=True, exist_ok=True)
-        launch.log.parent.mkdir(parents=True, exist_ok=True)
-        status = RunFolder(launch.cwd).status
-        status.unlink(missing_ok=True)
-        limits: list[str] = []
-        if launch.cpus:
-            limits += ["--cpus", ",".join(map(str, launch.cpus))]
-        if launch.memory:
-            limits += ["--memory", str(launch.memory)]
-        if launch.cgroup is not None:
-            limits += ["--cgroup", str(launch.cgroup)]
-        with launch.log.open("ab") as out:
+            raise StartFailed(
+                f"command not found: '{launch.argv[0] if launch.argv else ''}' "
+                f"(looked in the environment's bin and PATH)"
+            )
+        folder = launch.folder
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.status.unlink(missing_ok=True)
+        group = limits.memory_cgroup(launch.run, launch.memory) if launch.memory else None
+        enforced = limits.choose(
+            launch.cpu, launch.memory, limits.allowed_cpus(), launch.busy_cpus, cgroup=group
+        )
+        options: list[str] = []
+        if enforced.cpus:
+            options += ["--cpus", ",".join(map(str, enforced.cpus))]
+        if enforced.memory:
+            options += ["--memory", str(enforced.memory)]
+        if group is not None:
+            options += ["--cgroup", str(group)]
+        with folder.log.open("ab") as out:
             try:
                 popen = subprocess.Popen(
-                    [sys.executable, "-I", SHIM, str(status), *limits, "--", program,
-                     *launch.argv[1:]],
-                    cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        "-I",
+                        SHIM,
+                        str(folder.status),
+                        *options,
+                        "--",
+                        program,
+                        *launch.argv[1:],
+                    ],
+                    cwd=folder.path,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             except OSError as exc:
+                limits.release(group)
                 raise StartFailed(f"cannot start '{launch.argv[0]}': {exc.strerror}") from None
-        return RunProcess(popen.pid, status, process_start(popen.pid), popen)
+        return RunProcess(popen.pid, folder, process_start(popen.pid), popen, enforced, group)

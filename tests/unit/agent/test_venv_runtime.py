@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mlsm.agent.venvs import EnvBuildFailed, Launch, RunProcess, StartFailed, VenvRuntime
+from mlsm.agent.records import RunFolder
+from mlsm.agent.runtimes import EnvBuildFailed, Launch, StartFailed
+from mlsm.agent.runtimes.venv import RunProcess, VenvRuntime
 
 
 class CountingRuntime(VenvRuntime):
@@ -29,8 +31,8 @@ class CountingRuntime(VenvRuntime):
 
 
 def launch(tmp_path: Path, argv: list[str], **extra: object) -> Launch:
-    return Launch(run="r1", argv=argv, env=dict(os.environ), cwd=tmp_path / "runs" / "r1",
-                  log=tmp_path / "runs" / "r1" / "output.log", **extra)  # type: ignore[arg-type]  # fmt: skip
+    folder = RunFolder(tmp_path / "runs" / "r1")
+    return Launch(run="r1", job="j", node="n", folder=folder, argv=argv, env={}, **extra)  # type: ignore[arg-type]
 
 
 def test_two_runs_needing_one_environment_build_it_once(tmp_path: Path) -> None:
@@ -87,28 +89,35 @@ def test_a_job_runs_in_its_own_process_group_with_its_log(tmp_path: Path) -> Non
     job = launch(tmp_path, ["python", "-c", code])
     process = runtime.start(job, runtime.ensure_env(job))
     deadline = time.monotonic() + 10
-    while "pgid" not in job.log.read_text() and time.monotonic() < deadline:
+    while "pgid" not in job.folder.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.02)
-    pgid = int(job.log.read_text().split()[1])
+    pgid = int(job.folder.log.read_text().split()[1])
     assert pgid == process.pid != os.getpgid(0), "the run's shim leads its own group"
     process.signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
     while process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert process.poll() == -signal.SIGTERM, "the job's own status, through the shim"
-    assert json.loads(process.status.read_text()) == {"exitCode": -signal.SIGTERM}
+    assert process.code() == -signal.SIGTERM, "the job's own status, through the shim"
+    outcome = process.poll()
+    assert outcome is not None
+    assert outcome.reason == "Killed"
+    assert outcome.message.startswith("killed by SIGTERM")
+    assert json.loads(job.folder.status.read_text()) == {"exitCode": -signal.SIGTERM}
 
 
 def test_an_adopted_run_is_watched_through_proc_and_its_status_file(tmp_path: Path) -> None:
     runtime = VenvRuntime(tmp_path)
     job = launch(tmp_path, ["python", "-c", "import sys, time; time.sleep(0.5); sys.exit(7)"])
     started = runtime.start(job, runtime.ensure_env(job))
-    adopted = RunProcess(started.pid, started.status, started.pid_start)  # as after a restart
+    adopted = RunProcess(started.pid, job.folder, started.pid_start)  # as after a restart
     assert adopted.poll() is None
     deadline = time.monotonic() + 10
-    while started.poll() is None and time.monotonic() < deadline:  # reap the shim
+    while started.code() is None and time.monotonic() < deadline:  # reap the shim
         time.sleep(0.02)
-    assert adopted.poll() == 7
+    assert adopted.code() == 7
+    outcome = adopted.poll()
+    assert outcome is not None
+    assert (outcome.reason, outcome.exit_code) == ("Error", 7)
     assert not adopted.unknown
 
 

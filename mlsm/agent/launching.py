@@ -1,0 +1,157 @@
+"""From an assignment to a `Launch`: what a run needs to start, whatever runs it.
+
+The job's folders are named under the storage root (its run folder, its job's output
+folder, the dataset the catalog places here, a model folder) and reach the runtime
+as `Mount`s; the job's variables name them as the job will see them (the host path
+for a venv job, the mount's target in a container), so both runtimes give a job the
+same contract:
+
+    MLSM_RUN_ID, MLSM_JOB, MLSM_RUN_DIR (the working directory), MLSM_OUTPUT_DIR,
+    MLSM_METRICS_FILE, MLSM_DATASET_DIR (with spec.dataset), and spec.env.
+
+A built-in trainer job gets its config (spec.trainer with those folders filled in)
+written into the run folder, and the command that runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlsm import schemas
+from mlsm.agent.datasets import resolve_under
+from mlsm.agent.records import RunFolder
+from mlsm.agent.runtimes import Launch, Mount, Runtime, StartFailed
+
+__all__ = ["RUN_DIR", "launch_for", "output_dir", "run_dir", "runtime_of"]
+
+RUN_DIR, OUTPUT_DIR, DATASET_DIR, MODEL_DIR = (
+    "/mlsm/run",
+    "/mlsm/output",
+    "/mlsm/dataset",
+    "/mlsm/model",
+)
+
+
+def run_dir(root: Path, run: str) -> Path:
+    return root / "runs" / run
+
+
+def output_dir(root: Path, job: str) -> Path:
+    return root / "jobs" / job / "output"
+
+
+def runtime_of(assignment: Mapping[str, Any]) -> str:
+    """The runtime an assignment asks for ('venv' when its spec cannot be read: the
+    start then fails with InvalidSpec)."""
+    runtime = assignment.get("spec", {}).get("runtime", {})
+    return "docker" if isinstance(runtime, dict) and runtime.get("docker") else "venv"
+
+
+def launch_for(
+    *,
+    run: str,
+    assignment: Mapping[str, Any],
+    root: Path,
+    node: str,
+    runtime: Runtime,
+    catalog: Mapping[str, Mapping[str, str]],
+    busy_cpus: Iterable[int] = (),
+) -> Launch:
+    """The run's launch (raises StartFailed when a folder it needs is not here, and
+    ValueError when its spec cannot be read)."""
+    spec = schemas.TrainingJobSpec.model_validate(assignment.get("spec", {}))
+    job = str(assignment.get("job", "?"))
+    folder = RunFolder(run_dir(root, run))
+    output = output_dir(root, job)
+    output.mkdir(parents=True, exist_ok=True)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    mounts = [
+        Mount(folder.path, RUN_DIR, read_only=False),
+        Mount(output, OUTPUT_DIR, read_only=False),
+    ]
+    if spec.dataset is not None:
+        where = assignment.get("dataset")
+        if not isinstance(where, Mapping):
+            where = catalog.get(spec.dataset, {})
+        path = resolve_under(root, str(where.get("path", "")))
+        if path is None or not path.is_dir():
+            expected = root / str(where.get("path", "?"))
+            raise StartFailed(
+                f"dataset {spec.dataset} is not on this node (expected at {expected})"
+            )
+        mounts.append(Mount(path, DATASET_DIR))
+    seen = {m.target: runtime.sees(m) for m in mounts}
+    env = dict(spec.env)
+    env.update(
+        MLSM_RUN_ID=run,
+        MLSM_JOB=job,
+        MLSM_RUN_DIR=seen[RUN_DIR],
+        MLSM_OUTPUT_DIR=seen[OUTPUT_DIR],
+        MLSM_METRICS_FILE=_inside(seen[RUN_DIR], folder.metrics.name),
+    )
+    if DATASET_DIR in seen:
+        env["MLSM_DATASET_DIR"] = seen[DATASET_DIR]
+    argv = list(spec.command or [])
+    if spec.trainer is not None:
+        argv = _trainer(spec.trainer, root, folder, mounts, runtime, env)
+    venv, docker = spec.runtime.venv, spec.runtime.docker
+    return Launch(
+        run=run,
+        job=job,
+        node=node,
+        folder=folder,
+        argv=argv,
+        env=env,
+        mounts=mounts,
+        gpus=[int(i) for i in assignment.get("gpus", [])],
+        cpu=spec.resources.cpu,
+        memory=spec.resources.memory,
+        busy_cpus=list(busy_cpus),
+        python=venv.python if venv else "3",
+        requirements=venv.requirements if venv else (),
+        system_site_packages=venv.system_site_packages if venv else False,
+        image=docker.image if docker else None,
+        trainer=spec.trainer is not None,
+        labels={"mlsm.run": run, "mlsm.job": job, "mlsm.node": node},
+    )
+
+
+def _inside(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}"
+
+
+def _trainer(
+    trainer: schemas.TrainerConfig,
+    root: Path,
+    folder: RunFolder,
+    mounts: list[Mount],
+    runtime: Runtime,
+    env: dict[str, str],
+) -> list[str]:
+    """The built-in trainer's config (the job's spec.trainer, with the dataset and
+    output dirs and a model folder as the job sees them), written into the run
+    folder, and the command that runs it."""
+    config = trainer.model_dump(mode="json", by_alias=True)
+    if not trainer.model.startswith("builtin:"):
+        model = resolve_under(root, trainer.model)
+        if model is None or not model.is_dir():
+            where = root / trainer.model
+            raise StartFailed(
+                f"model {trainer.model} is not on this node (expected a "
+                f"Hugging Face model folder at {where})"
+            )
+        mounts.append(Mount(model, MODEL_DIR))
+        config["model"] = runtime.sees(mounts[-1])
+    config.update(datasetRoot=env.get("MLSM_DATASET_DIR", ""), outputDir=env["MLSM_OUTPUT_DIR"])
+    folder.trainer_config.write_text(json.dumps(config, indent=2) + "\n")
+    python = "python" if runtime.name == "venv" else "python3"
+    return [
+        python,
+        "-m",
+        "mlsm.training",
+        "--config",
+        _inside(env["MLSM_RUN_DIR"], folder.trainer_config.name),
+    ]

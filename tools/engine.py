@@ -1,0 +1,232 @@
+"""`make engine`: a real Docker Engine API on this machine for the docker runtime's
+tests and for `make run`, served by Podman (no Docker daemon runs on these machines),
+with the test images made offline.
+
+    make engine            # prints the DOCKER_HOST to use; writes .mlsm/engine.env
+
+1. Podman, runc, busybox-static and debootstrap from Debian's packages when missing
+   (as root; without root it says the one command to run, and fails).
+2. Podman with this repository's `tools/engine/containers.conf` (runc, no default
+   ulimits: see ../shared/notes/machine-facts.md), set through CONTAINERS_CONF so
+   that the machine's own configuration is left alone.
+3. The API on `unix:///run/podman/podman.sock` (the rootful Podman socket that the
+   agent looks for), started in the background unless something already answers
+   there.
+4. Two images, each built once per recipe (its tag is the hash of what made it):
+   `localhost/mlsm-test/busybox` (a busybox root filesystem) and
+   `localhost/mlsm-test/python` (Debian's Python from debootstrap, with the
+   built-in trainer's packages copied from this project's .venv at the locked
+   versions, and without mlsm: the agent brings its own, as it does for a lab's
+   image).
+
+The variables the tests read (DOCKER_HOST, MLSM_TEST_BUSYBOX_IMAGE,
+MLSM_TEST_PYTHON_IMAGE, CONTAINERS_CONF) are written to `.mlsm/engine.env`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "tools" / "engine" / "containers.conf"
+ENV_FILE = ROOT / ".mlsm" / "engine.env"
+SOCKET = Path("/run/podman/podman.sock")
+PACKAGES = ["podman", "runc", "busybox-static", "debootstrap"]
+BUSYBOX_TOOLS = ["sh", "echo", "cat", "sleep", "ls", "env", "true", "false", "yes", "head"]
+BUSYBOX_TOOLS += ["tail", "seq", "dd", "tr", "wc", "kill", "ps", "id"]
+TRAINER_PACKAGES = [
+    "torch",
+    "transformers",
+    "safetensors",
+    "pillow",
+    "pydantic",
+    "pyyaml",
+    "yaml-rs",
+]
+PYTHON_SITE = "usr/local/lib/python3.11/dist-packages"
+
+
+def say(message: str) -> None:
+    print(f"engine: {message}", flush=True)
+
+
+def fail(message: str) -> None:
+    print(f"engine: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def podman(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONTAINERS_CONF": str(CONF)}
+    return subprocess.run(["podman", *args], env=env, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def install() -> None:
+    missing = [p for p in ("podman", "runc", "busybox", "debootstrap") if not shutil.which(p)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        fail(f"{', '.join(missing)} missing and this is not root: run `sudo make engine`")
+    say(f"installing {' '.join(PACKAGES)} (Debian packages)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            fail(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def answers(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2)
+            sock.connect(str(path))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            return b" 200 " in sock.recv(256)
+    except OSError:
+        return False
+
+
+def serve() -> None:
+    if answers(SOCKET):
+        return
+    if os.geteuid() != 0:
+        fail(f"nothing answers on {SOCKET} and this is not root: run `sudo make engine`")
+    SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    SOCKET.unlink(missing_ok=True)
+    log = SOCKET.parent / "mlsm-podman-service.log"
+    with log.open("ab") as out:
+        subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{SOCKET}"],
+            env={**os.environ, "CONTAINERS_CONF": str(CONF)},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 20
+    while not answers(SOCKET):
+        if time.monotonic() > deadline:
+            fail(f"podman system service did not answer on {SOCKET} within 20 s (see {log})")
+        time.sleep(0.1)
+    say(f"started the Docker Engine API on {SOCKET} (Podman; log: {log})")
+
+
+def recipe(*parts: object) -> str:
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for part in parts:
+        digest.update(repr(part).encode())
+    return digest.hexdigest()[:12]
+
+
+def exists(image: str) -> bool:
+    return podman("image", "exists", image).returncode == 0
+
+
+def import_rootfs(rootfs: Path, image: str) -> None:
+    started = time.monotonic()
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    done = podman("import", "-q", "-", image, stdin=tar.stdout)
+    tar.wait()
+    if done.returncode != 0 or tar.returncode != 0:
+        fail(f"podman import {image} failed: {done.stderr.strip()}")
+    say(f"built {image} in {time.monotonic() - started:.0f} s")
+
+
+def busybox_image() -> str:
+    image = f"localhost/mlsm-test/busybox:{recipe(BUSYBOX_TOOLS)}"
+    if exists(image):
+        return image
+    with tempfile.TemporaryDirectory() as scratch:
+        rootfs = Path(scratch)
+        for folder in ("bin", "tmp", "etc"):
+            (rootfs / folder).mkdir()
+        (rootfs / "tmp").chmod(0o1777)
+        shutil.copy2(shutil.which("busybox") or "/bin/busybox", rootfs / "bin" / "busybox")
+        for tool in BUSYBOX_TOOLS:
+            (rootfs / "bin" / tool).symlink_to("busybox")
+        (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        import_rootfs(rootfs, image)
+    return image
+
+
+def trainer_distributions() -> list[metadata.Distribution]:
+    """The trainer's packages and everything they require, as installed in .venv."""
+    wanted, seen, found = list(TRAINER_PACKAGES), set(), []
+    while wanted:
+        name = re.split(r"[ ;<>=!~\[(]", wanted.pop())[0].lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # an optional requirement that is not installed
+        found.append(dist)
+        for requirement in dist.requires or []:
+            if "extra ==" not in requirement:
+                wanted.append(requirement)
+    return sorted(found, key=lambda d: d.metadata["Name"].lower())
+
+
+def mirror() -> str:
+    for source in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        match = re.search(r"^URIs:\s*(\S+debian)\s*$", source.read_text(), re.MULTILINE)
+        if match:
+            return match.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def python_image() -> str:
+    dists = trainer_distributions()
+    image = f"localhost/mlsm-test/python:{recipe([(d.metadata['Name'], d.version) for d in dists])}"
+    if exists(image):
+        return image
+    if os.geteuid() != 0:
+        fail(f"{image} is not built and building it needs root: run `sudo make engine`")
+    with tempfile.TemporaryDirectory(dir=ROOT / ".mlsm") as scratch:
+        rootfs = Path(scratch) / "rootfs"
+        started = time.monotonic()
+        say("debootstrap: Debian bookworm with python3 (about a minute)")
+        done = subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs),
+             mirror()],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode != 0:
+            fail(f"debootstrap failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        say(f"debootstrap took {time.monotonic() - started:.0f} s")
+        site = rootfs / PYTHON_SITE
+        for dist in dists:
+            for file in dist.files or []:
+                source = Path(str(dist.locate_file(file)))
+                if ".." in file.parts or not source.is_file() or "__pycache__" in file.parts:
+                    continue  # scripts outside site-packages, and bytecode
+                target = site / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+        shutil.rmtree(rootfs / "var" / "cache" / "apt", ignore_errors=True)
+        import_rootfs(rootfs, image)
+    return image
+
+
+def main() -> None:
+    install()
+    serve()
+    (ROOT / ".mlsm").mkdir(exist_ok=True)
+    images = {"MLSM_TEST_BUSYBOX_IMAGE": busybox_image(), "MLSM_TEST_PYTHON_IMAGE": python_image()}
+    values = {"DOCKER_HOST": f"unix://{SOCKET}", "CONTAINERS_CONF": str(CONF), **images}
+    ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    say(f"DOCKER_HOST=unix://{SOCKET} ({ENV_FILE} has the test images)")
+
+
+if __name__ == "__main__":
+    main()
