@@ -7,11 +7,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: help install lock system test unit lint format run bench clean
+.PHONY: help install lock system engine test unit lint format run bench clean
 
 help:
 	@echo "make test    install into .venv, lint, validate manifests/, run the test suite"
 	@echo "make lint    ruff, mypy --strict, import-linter"
+	@echo "make engine  a Docker Engine API (Podman's) and the test images; prints DOCKER_HOST"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (on purpose only)"
 	@echo "make bench   benchmarks in bench/ (prints figures)"
 	@echo "make run     the main job (see README)"
@@ -36,6 +37,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# A real Docker Engine API for the docker runtime (its tests, and `make run`'s
+# container job): Podman from Debian's packages serving the API on
+# /run/podman/podman.sock, and the test images made offline, once per recipe
+# (tools/engine.py). Writes .mlsm/engine.env, which `make test` reads.
+engine: $(STAMP)
+	$(BIN)/python tools/engine.py
+
 lock:
 	$(PYTHON) tools/lock_dependencies.py
 
@@ -49,14 +57,16 @@ format: $(STAMP)
 	$(BIN)/ruff format mlsm tests bench tools
 	$(BIN)/ruff check --fix mlsm tests bench tools
 
-unit: $(STAMP) system
-	$(BIN)/python -m pytest -q
+ENGINE_ENV = set -a && . .mlsm/engine.env && set +a
 
-test: lint system
+unit: $(STAMP) system engine
+	$(ENGINE_ENV) && $(BIN)/python -m pytest -q
+
+test: lint system engine
 	$(BIN)/mlsmctl validate manifests/
-	$(BIN)/python -m pytest -q
+	$(ENGINE_ENV) && $(BIN)/python -m pytest -q
 
-bench: $(STAMP) system
+bench: $(STAMP) system engine
 	$(BIN)/python bench/validate_manifests.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/trainer.py
@@ -66,6 +76,7 @@ bench: $(STAMP) system
 	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/logs.py
 	$(BIN)/python bench/agent_idle.py
+	$(BIN)/python bench/container_start.py
 
 # The main job: an installation on this machine (controller on SQLite + one agent)
 # following the example manifests in a local git repository; it trains the example
@@ -76,6 +87,7 @@ run: $(STAMP)
 	  && git -C $(DEMO) init -q -b main && git -C $(DEMO) add -A \
 	  && git -C $(DEMO) -c user.name=mlsm -c user.email=mlsm@localhost commit -qm "The example manifests" \
 	  && echo "example manifests: a git repository in $(DEMO) (commit there; the controller follows it)"; }
+	@$(BIN)/python tools/engine.py --for-run
 	$(BIN)/python -m mlsm.training.demo digits .mlsm/up/node/datasets/digits
 	$(BIN)/mlsmctl up --repo $(DEMO) --state-dir .mlsm/up --follow vit-digits
 

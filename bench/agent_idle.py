@@ -1,6 +1,7 @@
 """What an idle `mlsm-agent` costs its server: CPU (share of one core) and resident
 memory, with no job running, talking to a real controller (heartbeats every 5 s, a
-long poll for assignments, its reconcile and shipping loops).
+long poll for assignments, its reconcile and shipping loops), with the container
+engine connected when one answers (DOCKER_HOST, or `make engine`'s socket).
 
     python bench/agent_idle.py [--seconds 30]
 
@@ -45,8 +46,10 @@ def main() -> None:
         time.sleep(args.seconds)
         used = cpu_seconds(pid) - start
         share = used / (time.monotonic() - wall)
-        print(f"idle agent over {args.seconds:.0f} s: {share * 100:.2f}% of a core, "
-              f"{rss_mb(pid):.0f} MB resident")  # fmt: skip
+        status = h.client.get("/api/v1/nodes/n1").json()["status"]
+        runtimes = ", ".join(status.get("runtimes", [])) or "none"
+        print(f"idle agent over {args.seconds:.0f} s (runtimes offered: {runtimes}): "
+              f"{share * 100:.2f}% of a core, {rss_mb(pid):.0f} MB resident")  # fmt: skip
 
 
 if __name__ == "__main__":

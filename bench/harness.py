@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests import postgres  # (the repository's root, for the tests package)
 
 SECRET = "bench-secret"
-NODE = "apiVersion: mlsm/v1\nkind: Node\nmetadata: {name: n1}\nspec: {runtimes: [venv]}\n"
+NODE = "apiVersion: mlsm/v1\nkind: Node\nmetadata: {name: n1}\nspec: {runtimes: [venv, docker]}\n"
 
 
 @contextlib.contextmanager
@@ -69,9 +69,10 @@ def wait(check: Callable[[], Any], timeout: float = 120.0, step: float = 0.005) 
         time.sleep(step)
 
 
-def job(name: str, command: list[str]) -> str:
+def job(name: str, command: list[str], image: str | None = None) -> str:
+    runtime = f"{{docker: {{image: '{image}'}}}}" if image else "{venv: {python: '3'}}"
     return (f"apiVersion: mlsm/v1\nkind: TrainingJob\nmetadata: {{name: {name}, owner: ada}}\n"
-            f"spec:\n  runtime: {{venv: {{python: '3'}}}}\n"
+            f"spec:\n  runtime: {runtime}\n"
             f"  command: {json.dumps(command)}\n"
             f"  resources: {{gpus: 0, cpu: 0.1}}\n")  # fmt: skip
 
@@ -129,10 +130,11 @@ class Harness:
                 process.wait(10)
         self.client.close()
 
-    def commit_job(self, name: str, command: list[str]) -> float:
-        """Commit a job (and send the webhook); the wall-clock time before the commit."""
+    def commit_job(self, name: str, command: list[str], image: str | None = None) -> float:
+        """Commit a job (and send the webhook); the wall-clock time before the commit.
+        `image`: a docker job in that image (else a venv job)."""
         (self.repo / "jobs").mkdir(exist_ok=True)
-        (self.repo / "jobs" / f"{name}.yaml").write_text(job(name, command))
+        (self.repo / "jobs" / f"{name}.yaml").write_text(job(name, command, image))
         git(self.repo, "add", "-A")
         before = time.time()
         git(self.repo, "commit", "-qm", f"add {name}")

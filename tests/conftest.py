@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from tests import engine as engines
 from tests import postgres
+
+
+@pytest.fixture(scope="session")
+def engine() -> engines.Engine:
+    """The real container engine (`make engine`); the test fails without one."""
+    try:
+        return engines.Engine.find()
+    except engines.NoEngine as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -20,11 +20,17 @@ with the test images made offline.
    image).
 
 The variables the tests read (DOCKER_HOST, MLSM_TEST_BUSYBOX_IMAGE,
-MLSM_TEST_PYTHON_IMAGE, CONTAINERS_CONF) are written to `.mlsm/engine.env`.
+MLSM_TEST_PYTHON_IMAGE, CONTAINERS_CONF) are written to `.mlsm/engine.env`. The
+busybox image is also tagged `localhost/mlsm/busybox:latest`, which the example
+container job names.
+
+    python tools/engine.py --for-run   # `make run`: the engine and busybox only, and
+                                       # a machine that cannot have them is no error
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.metadata as metadata
 import os
@@ -60,9 +66,12 @@ def say(message: str) -> None:
     print(f"engine: {message}", flush=True)
 
 
+class Unavailable(Exception):
+    """This machine cannot have the engine now; the message says what to do."""
+
+
 def fail(message: str) -> None:
-    print(f"engine: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    raise Unavailable(message)
 
 
 def podman(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -120,8 +129,13 @@ def serve() -> None:
     say(f"started the Docker Engine API on {SOCKET} (Podman; log: {log})")
 
 
+RECIPE = 1
+"""Bump when a recipe below changes in a way its inputs do not show."""
+
+
 def recipe(*parts: object) -> str:
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    """An image's tag: the hash of what makes it."""
+    digest = hashlib.sha256(str(RECIPE).encode())
     for part in parts:
         digest.update(repr(part).encode())
     return digest.hexdigest()[:12]
@@ -187,7 +201,9 @@ def mirror() -> str:
 
 def python_image() -> str:
     dists = trainer_distributions()
-    image = f"localhost/mlsm-test/python:{recipe([(d.metadata['Name'], d.version) for d in dists])}"
+    made_of = ["bookworm", "minbase", "python3", PYTHON_SITE, TRAINER_PACKAGES]
+    made_of.append([(d.metadata["Name"], d.version) for d in dists])
+    image = f"localhost/mlsm-test/python:{recipe(made_of)}"
     if exists(image):
         return image
     if os.geteuid() != 0:
@@ -218,11 +234,33 @@ def python_image() -> str:
     return image
 
 
+EXAMPLE_BUSYBOX = "localhost/mlsm/busybox:latest"
+
+
 def main() -> None:
-    install()
-    serve()
-    (ROOT / ".mlsm").mkdir(exist_ok=True)
-    images = {"MLSM_TEST_BUSYBOX_IMAGE": busybox_image(), "MLSM_TEST_PYTHON_IMAGE": python_image()}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    without = "without them, say why and exit 0 (make run goes on without docker)"
+    parser.add_argument(
+        "--for-run", action="store_true", help=f"engine and busybox only; {without}"
+    )
+    args = parser.parse_args()
+    try:
+        install()
+        serve()
+        (ROOT / ".mlsm").mkdir(exist_ok=True)
+        busybox = busybox_image()
+        if podman("tag", busybox, EXAMPLE_BUSYBOX).returncode != 0:
+            fail(f"podman tag {busybox} {EXAMPLE_BUSYBOX} failed")
+        if args.for_run:
+            say(f"DOCKER_HOST=unix://{SOCKET}; example image {EXAMPLE_BUSYBOX}")
+            return
+        images = {"MLSM_TEST_BUSYBOX_IMAGE": busybox, "MLSM_TEST_PYTHON_IMAGE": python_image()}
+    except Unavailable as exc:
+        if args.for_run:
+            say(f"no container engine here ({exc}); docker jobs will wait for a node with one")
+            return
+        print(f"engine: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
     values = {"DOCKER_HOST": f"unix://{SOCKET}", "CONTAINERS_CONF": str(CONF), **images}
     ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     say(f"DOCKER_HOST=unix://{SOCKET} ({ENV_FILE} has the test images)")

@@ -66,8 +66,13 @@ def launch_for(
     job = str(assignment.get("job", "?"))
     folder = RunFolder(run_dir(root, run))
     output = output_dir(root, job)
-    output.mkdir(parents=True, exist_ok=True)
-    folder.path.mkdir(parents=True, exist_ok=True)
+    for path in (folder.path, output):  # a link in the way must not take a job outside
+        if resolve_under(root, str(path.relative_to(root))) is None:
+            raise StartFailed(
+                f"refused: {path} resolves to {path.resolve()}, outside the "
+                f"storage root {root}; nothing was started or created"
+            )
+        path.mkdir(parents=True, exist_ok=True)
     mounts = [
         Mount(folder.path, RUN_DIR, read_only=False),
         Mount(output, OUTPUT_DIR, read_only=False),
@@ -76,13 +81,13 @@ def launch_for(
         where = assignment.get("dataset")
         if not isinstance(where, Mapping):
             where = catalog.get(spec.dataset, {})
-        path = resolve_under(root, str(where.get("path", "")))
-        if path is None or not path.is_dir():
+        found = resolve_under(root, str(where.get("path", "")))
+        if found is None or not found.is_dir():
             expected = root / str(where.get("path", "?"))
             raise StartFailed(
                 f"dataset {spec.dataset} is not on this node (expected at {expected})"
             )
-        mounts.append(Mount(path, DATASET_DIR))
+        mounts.append(Mount(found, DATASET_DIR))
     seen = {m.target: runtime.sees(m) for m in mounts}
     env = dict(spec.env)
     env.update(

@@ -38,7 +38,7 @@ class LocalSettings:
 
 def _node_manifest(name: str) -> str:
     return (f"apiVersion: mlsm/v1\nkind: Node\nmetadata:\n  name: {name}\n"
-            f"spec:\n  runtimes: [venv]\n")  # fmt: skip
+            f"spec:\n  runtimes: [venv, docker]\n")  # fmt: skip
 
 
 class Installation:
@@ -85,6 +85,10 @@ class Installation:
         status = node.get("status", {})
         self.say(f"agent:      node {self.settings.node} Ready, {status.get('gpus', 0)} GPU(s), "
                  f"storage {storage} (log: {self.state / 'agent.log'})")  # fmt: skip
+        runtimes = ", ".join(status.get("runtimes") or []) or "none"
+        self.say(f"runtimes:   {runtimes}")
+        for name, why in (status.get("runtimeProblems") or {}).items():
+            self.say(f"            {name} not offered: {why}")
         self.say("ready. In another terminal: mlsmctl get jobs, mlsmctl describe job NAME, "
                  "mlsmctl logs job NAME -f. Ctrl-C here stops everything.")  # fmt: skip
 

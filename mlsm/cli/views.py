@@ -61,7 +61,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("READY", lambda o: _condition(o, "Ready")),
         ("HEARTBEAT", lambda o: age(o["status"].get("lastHeartbeatAt"))),
         ("GPUS", lambda o: f"{o['status'].get('gpusUsed', 0)}/{o['status'].get('gpus', 0)}"),
-        ("RUNTIMES", lambda o: ",".join(_spec(o).get("runtimes", [])) or "-"),
+        ("RUNTIMES", lambda o: ",".join(_runtimes(o)[0]) or "-"),
         ("SCHEDULABLE", lambda o: "no" if _spec(o).get("unschedulable") else "yes"),
     ],
     "Dataset": [
@@ -77,6 +77,9 @@ COLUMNS: dict[str, list[Column]] = {
         ("PRIORITY", lambda o: _spec(o).get("priority", 0)),
     ],
 }
+NODE_WIDE: list[Column] = [
+    ("NOT OFFERED", lambda o: "; ".join(f"{k}: {v}" for k, v in _runtimes(o)[1].items()) or "-"),
+]
 WIDE: list[Column] = [
     ("GEN", lambda o: o["metadata"]["generation"]),
     ("SOURCE", lambda o: f"{o['metadata']['source']['path']}:{o['metadata']['source']['line']}"),
@@ -84,11 +87,24 @@ WIDE: list[Column] = [
 ]
 
 
+def _runtimes(node: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The runtimes a node's manifest allows that its agent offers, and those it
+    allows and the agent does not, with why (before any heartbeat: all allowed)."""
+    allowed = _spec(node).get("runtimes", ["venv", "docker"])
+    offered = node["status"].get("runtimes")
+    if offered is None:
+        return list(allowed), {}
+    problems = node["status"].get("runtimeProblems") or {}
+    missing = {r: str(problems.get(r, "the agent does not offer it")) for r in allowed
+               if r not in offered}  # fmt: skip
+    return [r for r in allowed if r in offered], missing
+
+
 def table(kind: str, objects: Sequence[dict[str, Any]], *, wide: bool = False) -> str:
     columns: list[Column] = [("NAME", lambda o: o["metadata"]["name"]), *COLUMNS[kind],
                              ("VALID", _valid)]  # fmt: skip
     if wide:
-        columns += WIDE
+        columns += (NODE_WIDE if kind == "Node" else []) + WIDE
     columns.append(("AGE", lambda o: age(o["metadata"].get("createdAt"))))
     rows = [[str(get(o)) for _, get in columns] for o in objects]
     return _grid([name for name, _ in columns], rows)

@@ -93,6 +93,9 @@ def object_json(
                       gpus=len(reported) if reported is not None else capacity or 0,
                       agentVersion=row.inventory.get("agentVersion"),
                       datasets=row.inventory.get("datasets", {}))  # fmt: skip
+        if "runtimes" in row.inventory:  # what its agent offers now, and why not the rest
+            status["runtimes"] = row.inventory["runtimes"]
+            status["runtimeProblems"] = row.inventory.get("runtimeProblems", {})
     status.update(extra or {})
     out = {
         "apiVersion": manifest.get("apiVersion", "mlsm/v1"),

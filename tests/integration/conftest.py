@@ -171,7 +171,7 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
              str(root / "storage"), "--heartbeat-interval", "0.5", "--stop-grace", "2",
              "--gpus-file", str(root / "gpus.json")],
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, "PIP_NO_INDEX": "1", **env},
+            env={**os.environ, "PIP_NO_INDEX": "1", "MLSM_DEBUG": "1", **env},
         )  # fmt: skip
         agents.append(AgentProcess(process, root / "storage", log))
         return agents[-1]
@@ -182,6 +182,58 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
             agent.process.send_signal(signal.SIGCONT)
             agent.process.terminate()
             agent.process.wait(10)
+        containers = []
         for record in agent.root.glob(".mlsm-agent/runs/*.json"):  # jobs left running
             with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
-                os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
+                facts = json.loads(record.read_text())
+                if facts.get("container"):
+                    containers.append(facts["container"])
+                elif facts["pid"] > 1:
+                    os.killpg(int(facts["pid"]), signal.SIGKILL)
+        containers += [f"mlsm-{run.name}" for run in agent.root.glob("runs/*")]
+        if containers and os.environ.get("DOCKER_HOST"):
+            _remove_containers(containers)
+
+
+def _remove_containers(names: list[str]) -> None:
+    import docker
+    import docker.errors
+
+    client = docker.DockerClient(base_url=os.environ["DOCKER_HOST"], version="auto")
+    for name in names:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(name).remove(force=True)
+
+
+# -- asking the controller ------------------------------------------------------------
+
+
+def get_job(client: httpx.Client, name: str) -> dict[str, Any]:
+    response = client.get(f"/api/v1/jobs/{name}")
+    if response.status_code == 404:
+        raise KeyError(f"no job {name} yet")  # wait_for retries on this
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def phase(client: httpx.Client, name: str) -> str:
+    response = client.get(f"/api/v1/jobs/{name}")
+    return str(response.json()["status"]["phase"]) if response.status_code == 200 else ""
+
+
+def runs_of(client: httpx.Client, name: str) -> list[dict[str, Any]]:
+    return list(client.get("/api/v1/runs", params={"job": name}).json()["items"])
+
+
+def wait_phase(client: httpx.Client, name: str, wanted: str, timeout: float = 30) -> None:
+    try:
+        wait_for(lambda: phase(client, name) == wanted, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"job {name} never reached {wanted}: {get_job(client, name)}"
+        ) from None
+
+
+def ready(client: httpx.Client, name: str) -> bool:
+    conditions = client.get(f"/api/v1/nodes/{name}").json()["status"]["conditions"]
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

@@ -14,12 +14,21 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tests.databases import sqlite_only
-from tests.integration.conftest import AgentProcess, GitRepo, issue_node_token, wait_for
+from tests.integration.conftest import (
+    AgentProcess,
+    GitRepo,
+    get_job,
+    issue_node_token,
+    phase,
+    ready,
+    runs_of,
+    wait_for,
+    wait_phase,
+)
 
 
 def node(name: str) -> str:
@@ -55,38 +64,12 @@ REPORT_ENV = (
 )
 
 
-def get_job(client: httpx.Client, name: str) -> dict[str, Any]:
-    response = client.get(f"/api/v1/jobs/{name}")
-    if response.status_code == 404:
-        raise KeyError(f"no job {name} yet")  # wait_for retries on this
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
 def cli(client: httpx.Client, *args: str) -> str:
     """`mlsmctl ARGS` against the controller; its standard output."""
     return subprocess.run(
         [sys.executable, "-m", "mlsm.cli", *args], capture_output=True, text=True, check=True,
         env={**os.environ, "MLSM_SERVER": str(client.base_url)},
     ).stdout  # fmt: skip
-
-
-def phase(client: httpx.Client, name: str) -> str:
-    response = client.get(f"/api/v1/jobs/{name}")
-    return str(response.json()["status"]["phase"]) if response.status_code == 200 else ""
-
-
-def runs_of(client: httpx.Client, name: str) -> list[dict[str, Any]]:
-    return list(client.get("/api/v1/runs", params={"job": name}).json()["items"])
-
-
-def wait_phase(client: httpx.Client, name: str, wanted: str, timeout: float = 30) -> None:
-    try:
-        wait_for(lambda: phase(client, name) == wanted, timeout=timeout)
-    except AssertionError:
-        raise AssertionError(
-            f"job {name} never reached {wanted}: {get_job(client, name)}"
-        ) from None
 
 
 def alive(pid: int) -> bool:
@@ -116,11 +99,6 @@ def started(
               for n, g in nodes.items()}  # fmt: skip
     wait_for(lambda: all(ready(client, n) for n in nodes))
     return client, agents
-
-
-def ready(client: httpx.Client, name: str) -> bool:
-    conditions = client.get(f"/api/v1/nodes/{name}").json()["status"]["conditions"]
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 @sqlite_only

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from mlsm.training.demo import write_digits
+from tests.engine import Engine
 from tests.integration.conftest import GitRepo, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def listening(port: int) -> bool:
 
 
 def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
-    example: GitRepo, tmp_path: Path
+    example: GitRepo, tmp_path: Path, engine: Engine
 ) -> None:
     state, port = tmp_path / "state", free_port()
     write_digits(state / "node" / "datasets" / "digits")
@@ -73,13 +74,20 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
         wait_for(lambda: client.get("/api/v1/jobs/hello-venv").json()["status"]["phase"]
                  == "Succeeded", timeout=60)  # fmt: skip
-        waiting = client.get("/api/v1/jobs/busybox-docker").json()["status"]
-        assert waiting["phase"] == "Pending", "no node here runs docker: it waits, saying why"
+        # The engine `make engine` serves: the local node offers docker, and the example
+        # container job runs on it.
+        wait_for(lambda: client.get("/api/v1/jobs/busybox-docker").json()["status"]["phase"]
+                 == "Succeeded", timeout=60)  # fmt: skip
+        [boxed] = client.get("/api/v1/runs", params={"job": "busybox-docker"}).json()["items"]
+        logs = f"/api/v1/runs/{boxed['id']}/logs"
+        wait_for(lambda: "hello from a container"
+                 in [line["text"] for line in client.get(logs).json()["lines"]])  # fmt: skip
     finally:
         code = up.stop()
     printed = up.output()
     assert code == 0, printed
     for line in ("controller: http://127.0.0.1:", "agent:      node local Ready",
+                 "runtimes:   docker, venv",
                  "job vit-digits: Running", "epoch 1/1", "job vit-digits: Succeeded",
                  "stopped. `mlsmctl up` again carries on"):  # fmt: skip
         assert line in printed, f"{line!r} not in:\n{printed}"

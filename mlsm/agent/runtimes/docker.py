@@ -71,6 +71,8 @@ from mlsm.schemas.fields import format_bytes
 __all__ = ["DockerRun", "DockerRuntime", "engine_url"]
 
 CODE_DIR = "/opt/mlsm/lib"
+LOOK_SECONDS = 10.0
+"""How often a running container is looked at without news from the engine."""
 WRAPPER = 'exec "$@" >>"$0" 2>&1'
 """Run as `/bin/sh -c WRAPPER LOG COMMAND...`: the job's output into the run's log."""
 
@@ -137,6 +139,9 @@ class DockerRuntime:
         self.pull_timeout = pull_timeout
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
+        self._runs: dict[str, DockerRun] = {}
+        """Container name -> its run, for the events watcher to wake."""
+        self._watcher: threading.Thread | None = None
 
     # the engine ----------------------------------------------------------------------
 
@@ -147,10 +152,47 @@ class DockerRuntime:
                 self._client = docker.DockerClient(base_url=self.url, version="auto", timeout=30)
             return self._client
 
-    def fresh_client(self) -> docker.DockerClient:
-        """A client of its own, for a thread that holds a connection (a wait)."""
-        version = self.client().api.api_version
-        return docker.DockerClient(base_url=self.url, version=version, timeout=30)
+    def watch(self, run: DockerRun) -> None:
+        """Wake `run` when its container dies. One stream of the engine's `die`
+        events serves all runs: the engine's wait endpoint would do it per container,
+        but Podman serves a pending wait by polling, at a whole core's cost."""
+        with self._lock:
+            self._runs[run.name] = run
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._events, name="engine events", daemon=True
+                )
+                self._watcher.start()
+
+    def forget(self, run: DockerRun) -> None:
+        with self._lock:
+            self._runs.pop(run.name, None)
+
+    def _events(self) -> None:
+        backoff = Backoff(0.5, 10.0)
+        # "die" is Docker's name, "died" Podman's (which ignores "die").
+        filters = {"event": ["die", "died"], "label": [f"mlsm.node={self.node}"]}
+        while True:
+            try:
+                client = docker.DockerClient(base_url=self.url, version="auto", timeout=3600)
+                stream = client.events(decode=True, filters=filters)
+                self._wake_all()  # (re)connected: whatever died meanwhile is looked at
+                backoff.reset()
+                for event in stream:
+                    name = str((event.get("Actor") or {}).get("Attributes", {}).get("name", ""))
+                    with self._lock:
+                        run = self._runs.get(name)
+                    if run is not None:
+                        run.wake()
+            except ENGINE_ERRORS:
+                pass
+            time.sleep(backoff.next())
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.wake()
 
     def problem(self) -> str | None:
         try:
@@ -274,7 +316,7 @@ class DockerRuntime:
             name=name,
             labels=dict(launch.labels),
             environment={**launch.env, **prepared.env},
-            working_dir=config.get("WorkingDir") or RUN_DIR,
+            working_dir=RUN_DIR,  # as for venv jobs (an image's WORKDIR is not kept)
             init=True,
             mounts=[
                 DockerMount(m.target, str(m.source.resolve()), type="bind", read_only=m.read_only)
@@ -326,7 +368,8 @@ class DockerRuntime:
 
     def strays(self, known: Collection[str]) -> list[RunRecord]:
         """Records for this node's containers that no record names (the agent lost
-        them, or stopped between creating a container and recording it)."""
+        them, or stopped between creating a container and recording it): those
+        labelled with this node whose run folder lies under this storage root."""
         try:
             found = self.client().containers.list(
                 all=True, filters={"label": f"mlsm.node={self.node}"}
@@ -337,18 +380,21 @@ class DockerRuntime:
         for container in found:
             labels = container.labels
             run = labels.get("mlsm.run", "")
-            if run and run not in known and container.name == f"mlsm-{run}":
-                records.append(
-                    RunRecord(
-                        run=run,
-                        job=labels.get("mlsm.job", "?"),
-                        pid=0,
-                        pid_start=None,
-                        directory=str(run_dir(self.root, run)),
-                        runtime="docker",
-                        container=container.name,
-                    )
+            folder = run_dir(self.root, run)
+            if run in known or container.name != f"mlsm-{run}" or not folder.is_dir():
+                continue
+            records.append(
+                RunRecord(
+                    run=run,
+                    job=labels.get("mlsm.job", "?"),
+                    pid=0,
+                    pid_start=None,
+                    directory=str(folder),
+                    assignment={"job": labels.get("mlsm.job", "?")},
+                    runtime="docker",
+                    container=container.name,
                 )
+            )
         return records
 
     def release(self, record: RunRecord) -> None:
@@ -382,8 +428,14 @@ class DockerRun:
         self._said = said
         self.killed = False
         self._outcome: Outcome | None = None
+        self._woken = threading.Event()
+        runtime.watch(self)
         self._thread = threading.Thread(target=self._wait, name=name, daemon=True)
         self._thread.start()
+
+    def wake(self) -> None:
+        """Its container may have ended: look now."""
+        self._woken.set()
 
     @property
     def enforced(self) -> str | None:
@@ -412,17 +464,21 @@ class DockerRun:
             self.runtime.client().containers.get(self.name).kill(signal=sig.name)
 
     def _wait(self) -> None:
+        """Look at the container when the engine says it died, and every
+        LOOK_SECONDS anyway (an event lost while the engine was away)."""
         backoff = Backoff(0.5, 10.0)
         while self._outcome is None:
             try:
-                client = self.runtime.fresh_client()
-                try:
-                    container = client.containers.get(self.name)
-                    container.wait(timeout=None)
-                    container.reload()
+                container = self.runtime.client().containers.get(self.name)
+                if container.status == "created":  # the agent died before it started it
+                    container.start()
+                    continue
+                if container.status in ("exited", "dead", "stopped"):
                     self._outcome = self._ended(container)
-                finally:
-                    client.close()
+                    break
+                backoff.reset()
+                self._woken.wait(LOOK_SECONDS)
+                self._woken.clear()
             except docker.errors.NotFound:
                 self._outcome = Outcome(
                     "Failed",
@@ -432,6 +488,7 @@ class DockerRun:
                 )
             except ENGINE_ERRORS:
                 time.sleep(backoff.next())
+        self.runtime.forget(self)
 
     def _ended(self, container: Container) -> Outcome:
         state = container.attrs.get("State") or {}

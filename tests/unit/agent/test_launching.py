@@ -1,0 +1,101 @@
+"""From an assignment to a Launch: one contract for both runtimes (the job's folders
+as the runtime shows them), folders checked to stay under the storage root, and the
+built-in trainer's config written with the paths the job sees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlsm.agent.launching import launch_for, runtime_of
+from mlsm.agent.runtimes import Mount, StartFailed
+from mlsm.backoff import Backoff
+
+
+class Seen:
+    """A runtime that shows mounts at their targets, as a container does."""
+
+    name = "docker"
+
+    def sees(self, mount: Mount) -> str:
+        return mount.target
+
+
+class Host:
+    name = "venv"
+
+    def sees(self, mount: Mount) -> str:
+        return str(mount.source)
+
+
+def assignment(**spec: object) -> dict[str, object]:
+    base: dict[str, object] = {"runtime": {"docker": {"image": "localhost/x:1"}},
+                               "command": ["sh", "-c", "true"]}  # fmt: skip
+    base.update(spec)
+    return {"id": "r1", "job": "j", "gpus": [1, 3], "spec": base}
+
+
+def launch(root: Path, runtime: object, entry: dict[str, object]):  # type: ignore[no-untyped-def]
+    return launch_for(run="r1", assignment=entry, root=root, node="n1", runtime=runtime,  # type: ignore[arg-type]
+                      catalog={"cats": {"path": "datasets/cats"}})  # fmt: skip
+
+
+def test_both_runtimes_get_the_same_variables_at_the_paths_they_see(tmp_path: Path) -> None:
+    (tmp_path / "datasets/cats").mkdir(parents=True)
+    entry = assignment(dataset="cats", env={"GREETING": "hi"})
+    boxed = launch(tmp_path, Seen(), entry)
+    assert boxed.env == {
+        "GREETING": "hi", "MLSM_RUN_ID": "r1", "MLSM_JOB": "j", "MLSM_RUN_DIR": "/mlsm/run",
+        "MLSM_OUTPUT_DIR": "/mlsm/output", "MLSM_METRICS_FILE": "/mlsm/run/metrics.jsonl",
+        "MLSM_DATASET_DIR": "/mlsm/dataset",
+    }  # fmt: skip
+    assert [(m.target, m.read_only) for m in boxed.mounts] == [
+        ("/mlsm/run", False), ("/mlsm/output", False), ("/mlsm/dataset", True)]  # fmt: skip
+    assert boxed.labels == {"mlsm.run": "r1", "mlsm.job": "j", "mlsm.node": "n1"}
+    assert (boxed.image, list(boxed.gpus)) == ("localhost/x:1", [1, 3])
+    plain = launch(tmp_path, Host(), entry)
+    assert plain.env["MLSM_OUTPUT_DIR"] == str(tmp_path / "jobs/j/output")
+    assert plain.env["MLSM_DATASET_DIR"] == str((tmp_path / "datasets/cats").resolve())
+    assert plain.env["MLSM_METRICS_FILE"] == str(tmp_path / "runs/r1/metrics.jsonl")
+    assert runtime_of(entry) == "docker"
+    assert runtime_of({"spec": {"runtime": {"venv": {}}}}) == "venv"
+
+
+def test_a_folder_linked_out_of_the_storage_root_is_refused_before_it_is_made(
+    tmp_path: Path,
+) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "jobs").mkdir(parents=True)
+    outside.mkdir()
+    (root / "jobs" / "j").symlink_to(outside)
+    with pytest.raises(StartFailed, match="outside the storage root"):
+        launch(root, Seen(), assignment())
+    assert not list(outside.iterdir())
+    (root / "datasets").mkdir()
+    (root / "datasets" / "cats").symlink_to(outside)
+    (root / "jobs" / "j").unlink()
+    with pytest.raises(StartFailed, match="dataset cats is not on this node"):
+        launch(root, Seen(), assignment(dataset="cats"))
+
+
+def test_a_trainer_job_in_a_container_reads_its_config_at_the_paths_it_sees(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "datasets/cats").mkdir(parents=True)
+    entry = assignment(dataset="cats", command=None,
+                       trainer={"model": "builtin:vit-tiny", "epochs": 1})  # fmt: skip
+    boxed = launch(tmp_path, Seen(), entry)
+    assert list(boxed.argv) == ["python3", "-m", "mlsm.training", "--config",
+                                "/mlsm/run/trainer.json"]  # fmt: skip
+    config = json.loads((tmp_path / "runs/r1/trainer.json").read_text())
+    assert (config["datasetRoot"], config["outputDir"]) == ("/mlsm/dataset", "/mlsm/output")
+    assert boxed.trainer
+
+
+def test_backoff_doubles_to_its_ceiling_and_starts_over_after_a_success() -> None:
+    backoff = Backoff(0.5, 3.0)
+    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.reset()
+    assert backoff.next() == 0.5
