@@ -40,7 +40,9 @@ install: $(STAMP)
 # A real Docker Engine API for the docker runtime (its tests, and `make run`'s
 # container job): Podman from Debian's packages serving the API on
 # /run/podman/podman.sock, and the test images made offline, once per recipe
-# (tools/engine.py). Writes .mlsm/engine.env, which `make test` reads.
+# (tools/engine.py; the Python image, about 100 s the first time, is built in the
+# background while `make test` lints and runs the first tests). Writes
+# .mlsm/engine.env, which `make test` reads.
 engine: $(STAMP)
 	$(BIN)/python tools/engine.py
 
@@ -62,7 +64,7 @@ ENGINE_ENV = set -a && . .mlsm/engine.env && set +a
 unit: $(STAMP) system engine
 	$(ENGINE_ENV) && $(BIN)/python -m pytest -q
 
-test: lint system engine
+test: engine lint system
 	$(BIN)/mlsmctl validate manifests/
 	$(ENGINE_ENV) && $(BIN)/python -m pytest -q
 

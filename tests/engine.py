@@ -6,6 +6,7 @@ run; they never skip."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,35 @@ class Engine:
         return cls(values["DOCKER_HOST"], values["MLSM_TEST_BUSYBOX_IMAGE"],
                    values["MLSM_TEST_PYTHON_IMAGE"])  # fmt: skip
 
+    def python_ready(self, timeout: float = 900) -> str:
+        """The Python image, once `make engine`'s background build of it is done."""
+        import docker.errors
+
+        root = ENV_FILE.parent
+        pid_file, log = root / "engine-python.pid", root / "engine-python.log"
+        deadline = time.monotonic() + timeout
+        while pid_file.is_file() and _alive(pid_file) and time.monotonic() < deadline:
+            time.sleep(1)
+        try:
+            self.client().images.get(self.python)
+        except docker.errors.ImageNotFound:
+            said = log.read_text(errors="replace")[-2000:] if log.is_file() else "(no log)"
+            raise NoEngine(f"{self.python} was not built; {log}:\n{said}") from None
+        return self.python
+
     def client(self):  # type: ignore[no-untyped-def]
         import docker
 
         return docker.DockerClient(base_url=self.host, version="auto", timeout=30)
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    try:  # a zombie (its parent, make, has not reaped it) is done
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -199,11 +199,44 @@ def mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def python_image() -> str:
-    dists = trainer_distributions()
+def python_tag(dists: list[metadata.Distribution]) -> str:
     made_of = ["bookworm", "minbase", "python3", PYTHON_SITE, TRAINER_PACKAGES]
     made_of.append([(d.metadata["Name"], d.version) for d in dists])
-    image = f"localhost/mlsm-test/python:{recipe(made_of)}"
+    return f"localhost/mlsm-test/python:{recipe(made_of)}"
+
+
+BUILDER_LOG = ROOT / ".mlsm" / "engine-python.log"
+BUILDER_PID = ROOT / ".mlsm" / "engine-python.pid"
+
+
+def python_image_in_background() -> str:
+    """The Python image's tag; when it is not built yet, a build started in the
+    background (about 100 s), so that `make test` lints and runs the first tests
+    meanwhile. The one test that needs it waits for it (tests/engine.py)."""
+    image = python_tag(trainer_distributions())
+    if exists(image):
+        return image
+    if os.geteuid() != 0:
+        fail(f"{image} is not built and building it needs root: run `sudo make engine`")
+    if BUILDER_PID.is_file() and Path(f"/proc/{BUILDER_PID.read_text().strip()}").is_dir():
+        say(f"{image} is being built (log: {BUILDER_LOG})")
+        return image
+    with BUILDER_LOG.open("wb") as log:
+        builder = subprocess.Popen(
+            [sys.executable, __file__, "--python-image"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    BUILDER_PID.write_text(str(builder.pid))
+    say(f"building {image} in the background (log: {BUILDER_LOG})")
+    return image
+
+
+def python_image() -> str:
+    dists = trainer_distributions()
+    image = python_tag(dists)
     if exists(image):
         return image
     if os.geteuid() != 0:
@@ -213,10 +246,17 @@ def python_image() -> str:
         started = time.monotonic()
         say("debootstrap: Debian bookworm with python3 (about a minute)")
         done = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs),
-             mirror()],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3",
+                "bookworm",
+                str(rootfs),
+                mirror(),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             fail(f"debootstrap failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         say(f"debootstrap took {time.monotonic() - started:.0f} s")
@@ -243,7 +283,15 @@ def main() -> None:
     parser.add_argument(
         "--for-run", action="store_true", help=f"engine and busybox only; {without}"
     )
+    parser.add_argument("--python-image", action="store_true", help="build the Python image now")
     args = parser.parse_args()
+    if args.python_image:
+        try:
+            python_image()
+        except Unavailable as exc:
+            print(f"engine: error: {exc}", flush=True)
+            sys.exit(1)
+        return
     try:
         install()
         serve()
@@ -254,7 +302,8 @@ def main() -> None:
         if args.for_run:
             say(f"DOCKER_HOST=unix://{SOCKET}; example image {EXAMPLE_BUSYBOX}")
             return
-        images = {"MLSM_TEST_BUSYBOX_IMAGE": busybox, "MLSM_TEST_PYTHON_IMAGE": python_image()}
+        python = python_image_in_background()
+        images = {"MLSM_TEST_BUSYBOX_IMAGE": busybox, "MLSM_TEST_PYTHON_IMAGE": python}
     except Unavailable as exc:
         if args.for_run:
             say(f"no container engine here ({exc}); docker jobs will wait for a node with one")

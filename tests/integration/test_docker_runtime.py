@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.databases import sqlite_only
-from tests.engine import Engine
+from tests.engine import Engine, NoEngine
 from tests.integration.conftest import (
     AgentProcess,
     GitRepo,
@@ -372,10 +372,14 @@ def test_the_built_in_trainer_runs_in_a_container_as_in_a_venv(
 
     cluster = boot()
     client, agent, repo, engine = cluster.client, cluster.agent, cluster.repo, cluster.engine
+    try:
+        image = engine.python_ready()  # `make engine` builds it in the background
+    except NoEngine as exc:
+        pytest.fail(str(exc))
     root = agent.root
     write_digits(root / "datasets" / "digits")
     repo.write("datasets/digits.yaml", dataset().replace("cats", "digits"))
-    repo.write("jobs/vit.yaml", trainer(engine.python))
+    repo.write("jobs/vit.yaml", trainer(image))
     repo.commit("train in the image")
 
     # SIGTERM (here: the job removed from git) makes it save a checkpoint, as in a venv.
@@ -391,7 +395,7 @@ def test_the_built_in_trainer_runs_in_a_container_as_in_a_venv(
     wait_for(lambda: not containers(engine, mlsm_run=first["id"]), timeout=30)
 
     # The same job again resumes from that checkpoint, and trains to the end.
-    repo.write("jobs/vit.yaml", trainer(engine.python))
+    repo.write("jobs/vit.yaml", trainer(image))
     repo.commit("train it again")
     client.post("/api/v1/sync")
     wait_phase(client, "vit", "Succeeded", timeout=240)
