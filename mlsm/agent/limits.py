@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlsm.schemas.fields import format_bytes
 
-__all__ = ["Limits", "allowed_cpus", "choose", "memory_cgroup", "oom_killed", "release"]
+__all__ = ["Limits", "allowed_cpus", "choose", "memory_cgroup", "oom_killed", "release", "size"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def oom_killed(group: Path) -> str | None:
             limit = "limit"
             for limit_file in ("memory.max", "memory.limit_in_bytes"):
                 with contextlib.suppress(OSError, ValueError):
-                    limit = _size(int((group / limit_file).read_text()))
+                    limit = size(int((group / limit_file).read_text()))
             held = "(resources.memory, held by a memory cgroup)"
             return f"killed by the kernel for memory: over the {limit} it is allowed {held}"
     return None
@@ -117,10 +117,10 @@ def choose(
         parts.append(f"cpu {cpu:g}: {wanted} of {len(allowed)} CPUs ({listed}) by affinity")
         parts[-1] += rounded
     if memory and cgroup is not None:
-        parts.append(f"memory {_size(memory)}: a memory cgroup ({cgroup}), held by the kernel")
+        parts.append(f"memory {size(memory)}: a memory cgroup ({cgroup}), held by the kernel")
     elif memory:
         watched = "its processes' resident memory watched every 0.25 s, OOMKilled past it"
-        parts.append(f"memory {_size(memory)}: {watched} (no memory cgroup to use here)")
+        parts.append(f"memory {size(memory)}: {watched} (no memory cgroup to use here)")
     else:
         parts.append("memory: not limited (no resources.memory)")
     said = "enforced: " + "; ".join(parts)
@@ -129,6 +129,7 @@ def choose(
     return Limits(cpus=cpus, memory=memory, said=said)
 
 
-def _size(count: int) -> str:
-    size = format_bytes(count)
-    return size if isinstance(size, str) else f"{size} bytes"
+def size(count: int) -> str:
+    """A byte count as people write it (`64Mi`), for messages."""
+    written = format_bytes(count)
+    return written if isinstance(written, str) else f"{written} bytes"

@@ -55,6 +55,7 @@ from docker.utils import parse_repository_tag
 
 import mlsm
 from mlsm.agent.launching import RUN_DIR, run_dir
+from mlsm.agent.limits import size
 from mlsm.agent.reconciling import Outcome
 from mlsm.agent.records import RunFolder, RunRecord
 from mlsm.agent.runtimes import (
@@ -66,7 +67,6 @@ from mlsm.agent.runtimes import (
     tail,
 )
 from mlsm.backoff import Backoff
-from mlsm.schemas.fields import format_bytes
 
 __all__ = ["DockerRun", "DockerRuntime", "engine_url"]
 
@@ -105,11 +105,6 @@ def _said(exc: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
-def _size(count: int) -> str:
-    size = format_bytes(count)
-    return size if isinstance(size, str) else f"{size} bytes"
-
-
 def _under(root: Path, path: Path) -> bool:
     base, real = root.resolve(), path.resolve()
     return real == base or real.is_relative_to(base)
@@ -142,6 +137,8 @@ class DockerRuntime:
         self._runs: dict[str, DockerRun] = {}
         """Container name -> its run, for the events watcher to wake."""
         self._watcher: threading.Thread | None = None
+        self._code: Path | None = None
+        """This agent's mlsm package, copied under the storage root (once a process)."""
 
     # the engine ----------------------------------------------------------------------
 
@@ -222,7 +219,9 @@ class DockerRuntime:
         image = self._image(client, launch.image)
         if not launch.trainer:
             return Prepared(image)
-        code = self._mlsm_code()
+        if self._code is None:
+            self._code = self._mlsm_code()
+        code = self._code
         path = os.pathsep.join(
             [
                 CODE_DIR,
@@ -329,7 +328,7 @@ class DockerRuntime:
             options.update(mem_limit=memory, memswap_limit=memory)
         parts = [f"cpu {launch.cpu:g} as the container's nano_cpus"]
         parts.append(
-            f"memory {_size(memory)} as its mem_limit (no swap)"
+            f"memory {size(memory)} as its mem_limit (no swap)"
             if memory
             else "memory: not limited (no resources.memory)"
         )
@@ -499,13 +498,13 @@ class DockerRun:
             code == 137 and limit > 0 and not self.killed and _kernel_oom(container.id or "")
         )
         if oom:
-            message = f"killed for memory: over the {_size(limit)} it is allowed "
+            message = f"killed for memory: over the {size(limit)} it is allowed "
             message += f"(resources.memory, the container's memory limit); last output:\n{last}"
             return Outcome("Failed", "OOMKilled", message.rstrip(), code)
         if code > 128 and code - 128 in signal.valid_signals():
             hint = ""
             if code == 137 and limit and not self.killed:
-                hint = f" (under a memory limit of {_size(limit)}: out of memory?)"
+                hint = f" (under a memory limit of {size(limit)}: out of memory?)"
             return replace(signal_outcome(128 - code, last, memory_hint=hint), exit_code=code)
         return signal_outcome(code, last)
 
