@@ -18,11 +18,15 @@ help:
 	@echo "make run     the main job (see README)"
 
 # System packages the tests use for real: PostgreSQL (a throwaway cluster per test
-# session; the store and controller tests run on it as well as on SQLite).
+# session; the store and controller tests run on it as well as on SQLite) and
+# Chromium (the status site's browser tests drive Debian's, through Playwright).
+SYSTEM_PACKAGES = $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) \
+                  $(if $(wildcard /usr/bin/chromium),,chromium)
 system:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  echo "installing PostgreSQL (the store tests run against a real server)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@test -z "$(strip $(SYSTEM_PACKAGES))" || { \
+	  echo "installing $(strip $(SYSTEM_PACKAGES)) (Debian packages the tests use for real)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }
 
 # Exact versions from requirements.lock (a new release of anything changes nothing
 # until `make lock`), then mlsm itself without resolving again; pip check fails when

@@ -36,8 +36,8 @@ from harness import databases  # noqa: E402
 
 from mlsm.controller.agents import AgentApi  # noqa: E402
 from mlsm.controller.api import create_app  # noqa: E402
-from mlsm.controller.tokens import token_digest  # noqa: E402
 from mlsm.store import Node, Store, Token  # noqa: E402
+from mlsm.store.tokens import token_digest  # noqa: E402
 
 MANIFEST = {"apiVersion": "mlsm/v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {}}
 BEAT = {"inventory": {"cpus": 8, "memory": 1 << 34, "runtimes": ["venv"], "gpus": []}}

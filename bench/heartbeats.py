@@ -33,8 +33,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlsm.controller.tokens import token_digest  # noqa: E402
 from mlsm.store import Store, Token  # noqa: E402
+from mlsm.store.tokens import token_digest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -89,6 +89,7 @@ class Installation:
         self.say(f"runtimes:   {runtimes}")
         for name, why in (status.get("runtimeProblems") or {}).items():
             self.say(f"            {name} not offered: {why}")
+        self.say(f"site:       {self.url}/ (the status site: jobs, logs, charts, live)")
         self.say("ready. In another terminal: mlsmctl get jobs, mlsmctl describe job NAME, "
                  "mlsmctl logs job NAME -f. Ctrl-C here stops everything.")  # fmt: skip
 

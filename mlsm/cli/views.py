@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mlsm import schemas
+from mlsm import schemas, scores
 from mlsm.manifests import dump_yaml
 
 __all__ = ["age", "describe", "table"]
@@ -228,21 +227,10 @@ def print_lines(lines: list[dict[str, Any]]) -> None:
 def metrics_table(records: list[dict[str, Any]]) -> str:
     """One row per epoch (records of epoch 0.5 and 1.0 both count to epoch 1), one
     column per metric (split/name), each cell the last value written."""
-    rows: dict[int | None, dict[str, Any]] = {}
-    columns: dict[str, None] = {}
-    for record in records:
-        if "name" not in record or "value" not in record:
-            continue
-        epoch = record.get("epoch")
-        key = math.ceil(epoch) if isinstance(epoch, int | float) else None
-        column = f"{record['split']}/{record['name']}" if record.get("split") else record["name"]
-        columns[column] = None
-        rows.setdefault(key, {})[column] = record["value"]
-    names = sorted(columns, key=lambda c: (not c.startswith("train"), c))
-    ordered = sorted(rows, key=lambda k: (k is None, k or 0))
+    names, rows = scores.per_epoch(records)
     return _grid(["EPOCH", *(n.upper() for n in names)], [
-        ["-" if key is None else str(key),
-         *(_number(rows[key].get(n)) for n in names)] for key in ordered
+        ["-" if key is None else str(key), *(_number(row.get(n)) for n in names)]
+        for key, row in rows.items()
     ])  # fmt: skip
 
 
@@ -259,20 +247,14 @@ def trainer_summary(
 ) -> list[str]:
     """The built-in trainer's run at a glance: the best value of the monitored metric
     and where the checkpoints are."""
-    monitor = trainer.get("monitor") or {}
-    metric = monitor.get("metric", "accuracy")
-    mode = monitor.get("mode") or ("min" if metric == "loss" else "max")
-    scores = [(r["value"], r.get("epoch")) for r in records
-              if r.get("split") == "val" and r.get("name") == metric
-              and isinstance(r.get("value"), int | float)]  # fmt: skip
+    best = scores.best_score(trainer, records)
     lines = []
-    if scores:
-        value, epoch = (min if mode == "min" else max)(scores, key=lambda s: s[0])
-        where = f" at epoch {_number(epoch)}" if epoch is not None else ""
-        lines.append(f"Best:         val {metric} {_number(value)}{where} ({mode}imum of "
-                     f"{len(scores)} evaluations)")  # fmt: skip
+    if best.value is not None:
+        where = f" at epoch {_number(best.epoch)}" if best.epoch is not None else ""
+        lines.append(f"Best:         val {best.metric} {_number(best.value)}{where} "
+                     f"({best.mode}imum of {best.evaluations} evaluations)")  # fmt: skip
     else:
-        lines.append(f"Best:         no val {metric} yet")
+        lines.append(f"Best:         no val {best.metric} yet")
     if run.get("outputDir"):
         lines.append(f"Checkpoints:  {run['node']}:{run['outputDir']}/checkpoints (best/, last/)")
     return lines

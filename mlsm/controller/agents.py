@@ -23,7 +23,6 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mlsm.controller.applying import FINISHED
 from mlsm.controller.capacity import Capacity
 from mlsm.controller.heartbeats import TOKEN_SECONDS, Beat, Identities, NodeState, NodeTable
 from mlsm.controller.inputs import (
@@ -35,11 +34,13 @@ from mlsm.controller.inputs import (
     whole,
 )
 from mlsm.controller.leasing import Leases, finish_failed_run
-from mlsm.controller.outputs import STREAMS, store_lines
-from mlsm.controller.tokens import bearer, live_token, token_digest
-from mlsm.controller.transitions import ACTIVE, set_job_phase, set_run_phase
+from mlsm.controller.transitions import set_job_phase, set_run_phase
 from mlsm.store import Dataset, Job, Node, Run, Store
+from mlsm.store.outputs import STREAMS, store_lines
+from mlsm.store.phases import ACTIVE, FINISHED
+from mlsm.store.tokens import live_token, token_digest
 from mlsm.store.types import utcnow
+from mlsm.web.access import bearer
 
 __all__ = ["AgentApi"]
 
@@ -113,6 +114,7 @@ class AgentApi:
     def assignments_moved(self) -> None:
         """Wake every long poll (called after a scheduling pass binds runs)."""
         self._forget_nodes()
+        self.output_moved()
         self._revision_moved.set()
         self._revision_moved = anyio.Event()
 
@@ -281,7 +283,8 @@ class AgentApi:
             return store_lines(session, run, stream, lines, end)
 
     def output_moved(self) -> None:
-        """Wake readers following logs (`GET /runs/{id}/logs?wait=`)."""
+        """Wake readers following logs or a job's state (`GET /runs/{id}/logs?wait=`,
+        the site's live feeds)."""
         self._output_moved.set()
         self._output_moved = anyio.Event()
 
@@ -295,6 +298,7 @@ class AgentApi:
         body = await _json(request)
         run_id = request.path_params["run"]
         answer = await self._run(self._report_retrying, name, token, run_id, body)
+        self.output_moved()  # a run's phase may have moved: wake the site's live feeds
         if answer.get("finished"):
             self.changed()
         return JSONResponse({"stop": answer["stop"]}, status_code=409 if answer["stop"] else 200)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,13 +21,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from mlsm.controller import writing
 from mlsm.controller.agents import AgentApi
-from mlsm.controller.applying import FINISHED
-from mlsm.controller.capacity import Capacity
 from mlsm.controller.inputs import (
     APPLY_BODY,
     WEBHOOK_BODY,
@@ -39,11 +36,13 @@ from mlsm.controller.inputs import (
     unless_disconnected,
     whole,
 )
-from mlsm.controller.outputs import read_log, read_metrics
 from mlsm.controller.sources import ManifestSource
-from mlsm.controller.tokens import bearer, token_role
-from mlsm.controller.transitions import ACTIVE
 from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState
+from mlsm.store.outputs import read_log, read_metrics
+from mlsm.store.phases import ACTIVE, FINISHED
+from mlsm.store.tokens import token_role
+from mlsm.web.access import ReadAccess, bearer
+from mlsm.web.telemetry import Telemetry, TimedRequests
 
 __all__ = ["API_PREFIX", "create_app", "object_json"]
 
@@ -475,58 +474,6 @@ def _webhook_signed(request: Request, body: bytes, secret: str) -> bool:
     return False
 
 
-class _ReadAccess:
-    """Reads need no token from loopback; from elsewhere a read or admin token.
-
-    A plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a
-    stream per request, which the agents' heartbeats feel)."""
-
-    def __init__(
-        self, app: ASGIApp, store: Store, capacity: Capacity, *, require_token: bool = False
-    ) -> None:
-        self.app = app
-        self.store = store
-        self.capacity = capacity
-        self.require_token = require_token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        path = request.url.path
-        if (
-            path == "/healthz"
-            or path == f"{API_PREFIX}/hooks/git"
-            or path.startswith(f"{API_PREFIX}/agent/")  # node tokens, checked there
-            or (not self.require_token and _loopback(request))
-        ):
-            await self.app(scope, receive, send)
-            return
-        token = bearer(request)
-        if not token:
-            where = "for every read here" if self.require_token else "from outside this machine"
-            response = _error(401, f"a token is needed {where}: "
-                                   "Authorization: Bearer <read token>")  # fmt: skip
-        elif await self.capacity.read(token_role, self.store, token) not in (
-            "read",
-            "admin",
-        ):
-            response = _error(401, "invalid or revoked token")
-        else:
-            await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
-
-
-def _loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _encode(content: Any) -> bytes:
     """JSON as Starlette's JSONResponse writes it."""
     return json.dumps(
@@ -558,11 +505,14 @@ def create_app(
     source: ManifestSource | None = None,
     agents: AgentApi | None = None,
     require_token: bool = False,
+    site: ASGIApp | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Starlette:
+    """The API under /api/v1, and `site` (the status site, `mlsm.web`) under /."""
     agents = agents or AgentApi(store)
     api = Api(store, on_webhook, webhook_secret, source, agents)
     p = API_PREFIX
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", api.healthz),
         Route(f"{p}/sync", api.sync_state),
         Route(f"{p}/runs", api.list_runs),
@@ -579,15 +529,24 @@ def create_app(
         Route(p + "/{kind}", api.list_objects),
         Route(p + "/{kind}/{name}", api.get_object),
     ]
+    if site is not None:
+        routes.append(Mount("/", app=site))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HttpError: _http_error, 404: _not_found,
     }  # fmt: skip
+    timing = [Middleware(TimedRequests, telemetry=telemetry)] if telemetry is not None else []
     return Starlette(
         routes=routes,
         middleware=[
+            *timing,
             Middleware(
-                _ReadAccess, store=store, capacity=agents.capacity, require_token=require_token
-            )
+                ReadAccess,
+                store=store,
+                reads=agents.capacity.read,
+                require_token=require_token,
+                open_paths=("/healthz", "/readyz", f"{p}/hooks/git"),
+                open_prefixes=(f"{p}/agent/",),  # node tokens, checked there
+            ),
         ],
         exception_handlers=handlers,
     )

@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from mlsm import planning
 from mlsm.planning import Create, Desired, Invalidate, Plan, Prune, Relocate, Revalidate, Update
 from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, StoredObject
+from mlsm.store.phases import FINISHED
 from mlsm.store.types import utcnow
 
 __all__ = [
-    "FINISHED",
     "Commit",
     "apply_plan",
     "condition",
@@ -29,8 +29,6 @@ __all__ = [
     "set_condition",
     "stored_objects",
 ]
-
-FINISHED = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 @dataclass(frozen=True, slots=True)

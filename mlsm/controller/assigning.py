@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from mlsm import planning, schemas
 from mlsm.controller.applying import condition, record, set_condition
-from mlsm.controller.transitions import ACTIVE, job_spec, set_job_phase
+from mlsm.controller.transitions import job_spec, set_job_phase
 from mlsm.store import Dataset, Job, Node, Run
+from mlsm.store.phases import ACTIVE
 from mlsm.store.types import utcnow
 
 __all__ = ["AssignOutcome", "assign", "is_ready"]

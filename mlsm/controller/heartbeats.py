@@ -27,8 +27,8 @@ import anyio
 from sqlalchemy import select
 
 from mlsm.controller.capacity import Capacity
-from mlsm.controller.transitions import ACTIVE
 from mlsm.store import Node, Run, Store, Token
+from mlsm.store.phases import ACTIVE
 
 __all__ = ["Beat", "Identities", "NodeState", "NodeTable"]
 

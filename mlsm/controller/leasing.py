@@ -20,8 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mlsm.controller.applying import condition, record, set_condition
-from mlsm.controller.transitions import ACTIVE, job_spec, set_job_phase, set_run_phase
+from mlsm.controller.transitions import job_spec, set_job_phase, set_run_phase
 from mlsm.store import Job, Node, Run
+from mlsm.store.phases import ACTIVE
 from mlsm.store.types import utcnow
 
 __all__ = ["LeaseChanges", "Leases", "check_leases", "finish_failed_run"]

@@ -25,9 +25,9 @@ from sqlalchemy import select
 from mlsm import __version__
 from mlsm.controller.running import Controller, Settings
 from mlsm.controller.sources import SourceError, open_source
-from mlsm.controller.tokens import token_digest
 from mlsm.errors import UserError
 from mlsm.store import Store, Token
+from mlsm.store.tokens import token_digest
 
 __all__ = ["app", "entry", "main"]
 

@@ -28,6 +28,8 @@ from mlsm.controller.serving import server_config
 from mlsm.controller.sources import DirectorySource, GitSource, ManifestSource
 from mlsm.controller.syncing import Syncer
 from mlsm.store import Store
+from mlsm.web import create_site
+from mlsm.web.telemetry import Telemetry
 
 __all__ = ["Controller", "Settings"]
 
@@ -98,6 +100,17 @@ class Controller:
             recheck=settings.recheck_interval,
             token_cache=settings.token_cache,
         )
+        self.telemetry = Telemetry()
+        self.telemetry.watch_store(store)
+        self.synced_once = False
+        """The first sync of this process has finished (`/readyz`)."""
+        site = create_site(
+            store,
+            reads=self.capacity.read,
+            wake=self.agents.wait_output,
+            telemetry=self.telemetry,
+            ready=lambda: self.synced_once,
+        )
         self.app = create_app(
             store,
             on_webhook=self.request_sync,
@@ -105,6 +118,8 @@ class Controller:
             source=source,
             agents=self.agents,
             require_token=settings.require_token,
+            site=site,
+            telemetry=self.telemetry,
         )
 
     def request_sync(self) -> None:
@@ -137,8 +152,8 @@ class Controller:
             while not server.started:
                 await anyio.sleep(0.02)
             log.info(
-                "controller on http://%s:%d, following %s", self.settings.host,
-                self.settings.port, _describe(self.source),
+                "controller on http://%s:%d (status site at /), following %s",
+                self.settings.host, self.settings.port, _describe(self.source),
             )  # fmt: skip
             # What start-up made (modules, the app, the caches' first fill) lives as long
             # as the process: out of the collector's sight, full collections stay short
@@ -152,7 +167,13 @@ class Controller:
         while True:
             self._wake = anyio.Event()
             try:
+                started = anyio.current_time()
                 outcome = await self.capacity.control_plane(self.syncer.sync)
+                if not outcome.skipped:
+                    self.telemetry.sync_seconds.observe(anyio.current_time() - started)
+                if outcome.error:
+                    self.telemetry.sync_errors.inc()
+                self.synced_once = True
                 if not outcome.skipped:
                     await self.capacity.control_plane(_settle_heap)
                 if outcome.changed:

@@ -13,14 +13,12 @@ import datetime as dt
 from sqlalchemy.orm import Session
 
 from mlsm import schemas
-from mlsm.controller.applying import FINISHED, record, set_condition
+from mlsm.controller.applying import record, set_condition
 from mlsm.store import Job, Run
+from mlsm.store.phases import FINISHED
 from mlsm.store.types import utcnow
 
-__all__ = ["ACTIVE", "JOB_MOVES", "job_spec", "set_job_phase", "set_run_phase"]
-
-ACTIVE = frozenset({"Scheduled", "Starting", "Running"})
-"""Run phases that hold their node's GPUs."""
+__all__ = ["JOB_MOVES", "job_spec", "set_job_phase", "set_run_phase"]
 
 JOB_MOVES: dict[str, frozenset[str]] = {
     "Pending": frozenset({"Scheduled", "Cancelled"}),

@@ -22,8 +22,8 @@ from mlsm.controller.capacity import Capacity
 from mlsm.controller.heartbeats import Identities
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
-from mlsm.controller.tokens import token_digest
 from mlsm.store import Job, Node, Run, Store, Token
+from mlsm.store.tokens import token_digest
 from tests.integration.conftest import GitRepo
 from tests.integration.test_assigning import manifest_job, manifest_node
 

@@ -99,11 +99,14 @@ def test_polling_follows_the_branch_and_the_api_reads_it_back(
         ("/api/v1/jobs/missing", 404, "TrainingJob/missing not found"),
         ("/api/v1/jobs?limit=zero", 400, "'limit' must be a whole number"),
         ("/api/v1/jobs?selector=gpu", 400, "must be key=value"),
-        ("/nope", 404, "no route GET /nope"),
+        ("/api/v2/nope", 404, "no route GET /api/v2/nope"),
     ]:
         response = client.get(path)
         assert response.status_code == status
         assert fragment in response.json()["error"]
+    site = client.get("/nope")  # beside the API, the status site answers its own 404s
+    assert site.status_code == 404
+    assert "no page at /nope" in site.text
 
 
 def test_a_local_commit_is_seen_through_the_watch(

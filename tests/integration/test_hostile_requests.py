@@ -26,8 +26,8 @@ from mlsm.controller.assigning import assign
 from mlsm.controller.serving import server_config
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
-from mlsm.controller.tokens import token_digest
 from mlsm.store import Run, Store, Token
+from mlsm.store.tokens import token_digest
 from tests.databases import sqlite_only
 from tests.integration.conftest import GitRepo, free_port, job, node
 
@@ -248,7 +248,7 @@ def test_with_require_token_a_read_from_this_machine_needs_one(
     served = serve(require_token=True)
     refused = httpx.get(served.url + "/api/v1/jobs")
     assert refused.status_code == 401
-    assert "a token is needed for every read here" in refused.json()["error"]
+    assert "a read token is needed for every read here" in refused.json()["error"]
     read = httpx.get(served.url + "/api/v1/jobs", headers={"Authorization": "Bearer reader"})
     assert read.status_code == 200
     assert httpx.get(served.url + "/healthz").status_code == 200

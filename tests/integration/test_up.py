@@ -82,12 +82,15 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
         logs = f"/api/v1/runs/{boxed['id']}/logs"
         wait_for(lambda: "hello from a container"
                  in [line["text"] for line in client.get(logs).json()["lines"]])  # fmt: skip
+        page = client.get("/jobs/busybox-docker")  # the status site, at the URL up prints
+        assert page.status_code == 200
+        assert "hello from a container" in page.text
     finally:
         code = up.stop()
     printed = up.output()
     assert code == 0, printed
     for line in ("controller: http://127.0.0.1:", "agent:      node local Ready",
-                 "runtimes:   docker, venv",
+                 "runtimes:   docker, venv", "site:       http://127.0.0.1:",
                  "job vit-digits: Running", "epoch 1/1", "job vit-digits: Succeeded",
                  "stopped. `mlsmctl up` again carries on"):  # fmt: skip
         assert line in printed, f"{line!r} not in:\n{printed}"

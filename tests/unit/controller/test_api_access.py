@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from mlsm.controller.api import create_app
-from mlsm.controller.tokens import token_digest
 from mlsm.store import Store, Token
+from mlsm.store.tokens import token_digest
 from mlsm.store.types import utcnow
 
 

@@ -1,6 +1,6 @@
-"""API tokens: only a sha256 digest is stored; a request's bearer token is looked up
-by its digest and compared in constant time. Used by the read API, the admin
-writes, the agent API and `mlsm-controller token`."""
+"""API tokens: only a sha256 digest is stored; a presented token is looked up by its
+digest and compared in constant time. Used by the read API and the status site
+(`mlsm.web.access`), the admin writes, the agent API and `mlsm-controller token`."""
 
 from __future__ import annotations
 
@@ -9,21 +9,15 @@ import hmac
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.requests import Request
 
-from mlsm.store import Store, Token
+from mlsm.store.database import Store
+from mlsm.store.models import Token
 
-__all__ = ["bearer", "live_token", "token_digest", "token_role"]
+__all__ = ["live_token", "token_digest", "token_role"]
 
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def bearer(request: Request) -> str:
-    """The request's `Authorization: Bearer` token, or ''."""
-    header = request.headers.get("authorization", "")
-    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
 
 
 def live_token(session: Session, token: str) -> Token | None:

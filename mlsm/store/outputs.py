@@ -1,7 +1,8 @@
 """Runs' shipped output in the store: log lines and metric records, each under (run,
 byte offset), and the offset held per run, which is what the agent reads on from.
 Lines below the held offset are dropped, so a retried upload never duplicates one.
-Used by the agent API (writes) and the read API (`/runs/{id}/logs`, `/metrics`).
+Used by the agent API (writes), the read API (`/runs/{id}/logs`, `/metrics`) and
+the status site.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from mlsm.store import LogLine, MetricRecord, Run
+from mlsm.store.models import LogLine, MetricRecord, Run
 
 __all__ = ["STREAMS", "read_log", "read_metrics", "store_lines"]
 
