@@ -83,6 +83,7 @@ bench: $(STAMP) system engine
 	$(BIN)/python bench/logs.py
 	$(BIN)/python bench/agent_idle.py
 	$(BIN)/python bench/container_start.py
+	$(BIN)/python bench/site.py
 
 # The main job: an installation on this machine (controller on SQLite + one agent)
 # following the example manifests in a local git repository; it trains the example

@@ -174,6 +174,16 @@ class _Dumper(yaml.SafeDumper):
         return super().choose_scalar_style()
 
 
+def _represent_text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    """Text of several lines as a literal block (`|`), as people write scripts in a
+    manifest; PyYAML quotes it instead where a block could not read back equal."""
+    return dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+    )
+
+
+_Dumper.add_representer(str, _represent_text)
+
 # (PyYAML matches resolvers at the start only: anchor them to the end too.)
 _Dumper.add_implicit_resolver(
     _FLOAT, re.compile(f"(?:{_CORE_FLOAT.pattern})$"), list("-+.0123456789")

@@ -89,7 +89,7 @@ def _chart(name: str, series: dict[str, list[tuple[float, float]]]) -> Markup:
             f'text-anchor="middle">{epoch:g}</text>'
         )
     parts.append(
-        f'<text class="tick" x="{WIDTH - RIGHT}" y="{HEIGHT - 10}" text-anchor="end">epoch</text>'
+        f'<text class="tick" x="{LEFT - 6}" y="{HEIGHT - 10}" text-anchor="end">epoch</text>'
     )
     legend_x = LEFT + 150
     for index, (split, points) in enumerate(sorted(series.items())):

@@ -352,7 +352,7 @@ def job_page(
         "metric_columns": columns,
         "epochs": epochs,
         "best": scores.best_score(trainer, records) if trainer is not None else None,
-        "checkpoints": f"{run.node}:{run.output_dir}/checkpoints" if run and run.output_dir else "",
+        "output": f"{run.node}:{run.output_dir}" if run and run.output_dir else "",
         "events": events[::-1],
         "timeline": timeline(job, runs),
         "waiting": waiting_reason(job),

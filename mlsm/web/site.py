@@ -236,6 +236,8 @@ class Site:
         return await self.render(request, "events.html", pages.events_page, query)
 
     async def live(self, request: Request) -> Response:
+        if request.method == "HEAD":  # the headers a stream would have, and no stream
+            return Response(media_type="text/event-stream")
         key = request.query_params.get("job", "")[:63]
         after = request.headers.get("last-event-id") or request.query_params.get("after", "")
         return StreamingResponse(

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from tests.databases import sqlite_only
 from tests.integration.conftest import GitRepo, wait_for
 from tests.integration.test_assigning import manifest_job, manifest_node
 
@@ -111,6 +112,7 @@ def test_jobs_reach_agents_run_in_turn_and_move_off_a_lost_node(
     assert n1.report(next_run["id"], "Running").status_code == 409
 
 
+@sqlite_only  # the token queries run on PostgreSQL in test_agent_api.py
 def test_a_token_works_on_its_first_request_and_stops_within_the_bound_once_revoked(
     start: Callable[..., httpx.Client], repo: GitRepo, database_url: str
 ) -> None:

@@ -17,6 +17,8 @@
   let source = null;
   let refreshing = false;
   let again = false;
+  let last = 0;
+  const SPACING = 2000;  // ms between refetches: a busy job changes many times a second
 
   function show(text, on) {
     if (!state) return;
@@ -26,7 +28,10 @@
 
   async function refresh() {
     if (refreshing) { again = true; return; }
+    const wait = last + SPACING - Date.now();
+    if (wait > 0) { refreshing = true; setTimeout(() => { refreshing = false; refresh(); }, wait); return; }
     refreshing = true;
+    last = Date.now();
     try {
       const url = new URL(location.href);
       url.searchParams.set("parts", "1");
@@ -92,5 +97,7 @@
     };
   }
 
+  const log = document.getElementById("log");
+  if (log) log.scrollTop = log.scrollHeight;  // the newest lines in view
   connect();
 })();

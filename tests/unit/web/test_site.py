@@ -6,8 +6,10 @@ PostgreSQL; what does not (methods, headers, escaping, access) on SQLite only.""
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -20,8 +22,7 @@ from mlsm.store import Store, SyncState, Token
 from mlsm.store.tokens import token_digest
 from mlsm.web import create_site
 from mlsm.web.site import SECURITY_HEADERS
-from tests import sitedata
-from tests.databases import sqlite_only
+from tests import postgres, sitedata
 
 PAGES = [
     "/",
@@ -39,16 +40,34 @@ PAGES = [
 WRITES = ["POST", "PUT", "PATCH", "DELETE"]
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    store = Store.open(database_url)
+def _populated(url: str) -> Store:
+    store = Store.open(url)
     store.migrate()
     sitedata.populate(store, jobs=120)
     with store.write() as session:
         for role, secret in (("read", "r-token"), ("node", "n-token"), ("admin", "a-token")):
             session.add(Token(role=role, digest=token_digest(secret), prefix=secret[:12]))
-    yield store
-    store.dispose()
+    return store
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    """One populated store per database for the module: the site only reads it."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('site') / 'mlsm.db'}"
+        else:
+            server = request.getfixturevalue("postgres_server")
+            url = stack.enter_context(postgres.fresh_database(server))
+        store = _populated(url)
+        yield store
+        store.dispose()
+
+
+sqlite_only = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+"""Tests of what does not read the database differently on PostgreSQL."""
 
 
 def get(
@@ -78,6 +97,7 @@ def test_every_page_loads_with_the_security_headers(site: Any, path: str) -> Non
     head = get(site, path, method="HEAD")
     assert head.status_code == 200
     assert head.content == b""
+    assert get(site, "/live", method="HEAD").headers["content-type"].startswith("text/event")
 
 
 @sqlite_only
@@ -257,8 +277,8 @@ def test_metrics_in_prometheus_format(site: Any) -> None:
     assert 'mlsm_sync_failing{source="git-1"} 0.0' in text
 
 
-@sqlite_only
-def test_readyz_needs_a_first_sync(store: Store) -> None:
+def test_readyz_needs_a_first_sync(tmp_path: Path) -> None:
+    store = _populated(f"sqlite:///{tmp_path / 'mlsm.db'}")
     assert get(create_site(store), "/readyz").status_code == 200
     with store.write() as session:
         session.query(SyncState).delete()
