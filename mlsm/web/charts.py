@@ -92,8 +92,8 @@ def _chart(name: str, series: dict[str, list[tuple[float, float]]]) -> Markup:
         f'<text class="tick" x="{LEFT - 6}" y="{HEIGHT - 10}" text-anchor="end">epoch</text>'
     )
     legend_x = LEFT + 150
-    for index, (split, points) in enumerate(sorted(series.items())):
-        css = f"series-{index % 4}"
+    for split, points in sorted(series.items(), key=lambda kv: _colour(kv[0])):
+        css = f"series-{_colour(split)}"
         coords = [at(x, y) for x, y in sorted(points)]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
         parts.append(f'<polyline class="line {css}" points="{path}"/>')
@@ -111,6 +111,14 @@ def _chart(name: str, series: dict[str, list[tuple[float, float]]]) -> Markup:
     return Markup("".join(parts))
 
 
+SPLIT_COLOURS = {"train": 0, "val": 1, "test": 2}
+"""A split keeps its colour in every chart (others share the fourth)."""
+
+
+def _colour(split: str) -> int:
+    return SPLIT_COLOURS.get(split, 3)
+
+
 def _epoch_ticks(low: float, high: float) -> list[float]:
     span = high - low
     step = max(1.0, 10 ** math.floor(math.log10(span / 5)) if span > 5 else 1.0)
@@ -121,4 +129,6 @@ def _epoch_ticks(low: float, high: float) -> list[float]:
 
 
 def _number(value: float) -> str:
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.1e}"  # a learning rate: short enough for the axis
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
