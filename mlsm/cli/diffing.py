@@ -11,12 +11,12 @@ from typing import Any
 
 from mlsm import manifests, planning
 from mlsm.cli.client import Client
+from mlsm.schemas.phases import JobPhase
 
 __all__ = ["diff_lines", "plan_against"]
 
 _ADDED_METADATA = ("uid", "generation", "specHash", "createdAt", "updatedAt", "deletedAt",
                    "source", "commit")  # fmt: skip
-FINISHED = ("Succeeded", "Failed", "Cancelled")
 
 
 def _stored(obj: dict[str, Any]) -> planning.Stored:
@@ -28,7 +28,7 @@ def _stored(obj: dict[str, Any]) -> planning.Stored:
         generation=meta["generation"], path=meta["source"]["path"], line=meta["source"]["line"],
         valid=valid.get("status", "True") == "True",
         error="" if valid.get("status", "True") == "True" else valid.get("message", ""),
-        finished=obj["status"].get("phase", "Succeeded") in FINISHED,
+        finished=obj["status"].get("phase", "Succeeded") in JobPhase.finished_phases(),
     )  # fmt: skip
 
 

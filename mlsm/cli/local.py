@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from mlsm.errors import UserError
+from mlsm.schemas.phases import JobPhase
 
 __all__ = ["Installation", "LocalSettings"]
 
@@ -185,7 +186,7 @@ class Installation:
             if self.settings.follow:
                 after, run = self._follow(self.settings.follow, after, run)
                 done = phases.get(self.settings.follow, "").split(":")[0]
-                if done in ("Succeeded", "Failed") and not hinted:
+                if done in JobPhase.finished_phases() and not hinted:
                     hinted = True
                     job = self.settings.follow
                     self.say(f"job {job} {done.lower()}. Look at it with: mlsmctl describe job "

@@ -33,11 +33,10 @@ from mlsm.controller.inputs import (
     unless_disconnected,
     whole,
 )
-from mlsm.controller.leasing import Leases, finish_failed_run
-from mlsm.controller.transitions import set_job_phase, set_run_phase
+from mlsm.controller.lifecycle import Leases, report_run
+from mlsm.schemas.phases import RunPhase
 from mlsm.store import Dataset, Job, Node, Run, Store
 from mlsm.store.outputs import STREAMS, store_lines
-from mlsm.store.phases import ACTIVE, FINISHED
 from mlsm.store.tokens import live_token, token_digest
 from mlsm.store.types import utcnow
 from mlsm.web.access import bearer
@@ -46,7 +45,8 @@ __all__ = ["AgentApi"]
 
 LONG_POLL_SECONDS = 30.0
 FLUSH_SECONDS = 0.2
-REPORTABLE = {"Starting", "Running", "Succeeded", "Failed"}
+REPORTABLE = frozenset({RunPhase.STARTING, RunPhase.RUNNING, RunPhase.SUCCEEDED, RunPhase.FAILED})
+"""What an agent may say of a run (Lost and Cancelled are the controller's to decide)."""
 
 
 log = logging.getLogger("mlsm.controller")
@@ -237,7 +237,9 @@ class AgentApi:
             if node.assignment_revision == known:
                 return None
             rows = session.execute(
-                select(Run, Job).join(Job).where(Run.node == name, Run.phase.in_(ACTIVE))
+                select(Run, Job)
+                .join(Job)
+                .where(Run.node == name, Run.phase.in_(RunPhase.active_phases()))
             )
             datasets = self._datasets_on(session, name)
             runs = []
@@ -329,26 +331,16 @@ class AgentApi:
                 raise HttpError(404, f"no run {run_id}")
             if run.node != name:
                 raise HttpError(403, f"run {run_id} is not node {name}'s")
-            job = run.job
-            current = max(job.runs, key=lambda r: (r.attempt, r.created_at)).attempt
-            if run.attempt != current or run.phase not in ACTIVE:
-                return {"stop": True}  # fenced: a stale copy reporting in
             run.last_report_at = now
             if isinstance(body.get("outputDir"), str):
                 run.output_dir = body["outputDir"][:4096]
             exit_code = body.get("exitCode")
             reason, message = str(body.get("reason") or phase), str(body.get("message") or "")
-            set_run_phase(session, run, phase, reason=reason, message=message,
-                          exit_code=exit_code, now=now)  # fmt: skip
-            detail = message or (f"exit code {exit_code}" if exit_code is not None else "")
-            if phase == "Failed":
-                finish_failed_run(session, job, run, self.leases, reason=reason,
-                                  message=detail, now=now)  # fmt: skip
-            else:
-                set_job_phase(session, job, phase, reason=reason,
-                              message=f"run {run.id[:8]} on {name}: {detail}".rstrip(": "),
-                              now=now)  # fmt: skip
-            return {"stop": False, "finished": phase in FINISHED}
+            current = report_run(session, run, RunPhase(phase), self.leases, reason=reason,
+                                 message=message, exit_code=exit_code, now=now)  # fmt: skip
+            if not current:
+                return {"stop": True}  # fenced: a stale copy reporting in
+            return {"stop": False, "finished": RunPhase(phase).finished}
 
 
 def _no_manifest(name: str) -> HttpError:

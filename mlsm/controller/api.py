@@ -37,9 +37,9 @@ from mlsm.controller.inputs import (
     whole,
 )
 from mlsm.controller.sources import ManifestSource
+from mlsm.schemas.phases import RunPhase
 from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState
 from mlsm.store.outputs import read_log, read_metrics
-from mlsm.store.phases import ACTIVE, FINISHED
 from mlsm.store.tokens import token_role
 from mlsm.web.access import ReadAccess, bearer
 from mlsm.web.telemetry import Telemetry, TimedRequests
@@ -145,7 +145,11 @@ def _usage(session: Any, kind: str, names: list[str]) -> dict[str, dict[str, Any
     if kind not in ("Node", "TrainingJob") or not names:
         return {}
     out: dict[str, dict[str, Any]] = {}
-    query = select(Run.node, Run.gpus, Job.name).join(Job).where(Run.phase.in_(ACTIVE))
+    query = (
+        select(Run.node, Run.gpus, Job.name)
+        .join(Job)
+        .where(Run.phase.in_(RunPhase.active_phases()))
+    )
     query = query.where(Run.node.in_(names) if kind == "Node" else Job.name.in_(names))
     for node, gpus, job in session.execute(query):
         if kind == "Node" and node:
@@ -307,7 +311,7 @@ class Api:
                 lines = read_log(session, run_id, after=after, limit=limit, tail=last)
                 return {
                     "run": run.id, "job": job, "phase": run.phase,
-                    "finished": run.phase in FINISHED, "logOffset": run.log_offset,
+                    "finished": RunPhase(run.phase).finished, "logOffset": run.log_offset,
                     "lines": [{"offset": o, "text": t} for o, t in lines],
                     "next": lines[-1][0] if lines else after,
                 }  # fmt: skip
@@ -343,7 +347,7 @@ class Api:
             if job:
                 query = query.where(Job.name == job)
             if request.query_params.get("active", "").lower() in ("true", "1"):
-                query = query.where(Run.phase.not_in(FINISHED))
+                query = query.where(Run.phase.not_in(RunPhase.finished_phases()))
             limit = _int(request, "limit", 100, low=1, high=MAX_LIMIT)
             query = query.order_by(Run.created_at.desc(), Run.id).limit(limit)
             with self.store.read() as session:

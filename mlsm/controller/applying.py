@@ -1,79 +1,29 @@
 """Applying a sync plan to the store, in the caller's transaction.
 
 `stored_objects` reads what the planner compares against; `apply_plan` carries out
-its actions, and every change goes through `record`, which writes the event row
-too, so an object's state and the audit log never disagree.
+its actions, and every change goes through `events.record`, which writes the event
+row too, so an object's state and the audit log never disagree; a pruned job is
+cancelled through the lifecycle.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mlsm import planning
+from mlsm.controller.events import Commit, condition, record, set_condition
+from mlsm.controller.lifecycle import cancel_job
 from mlsm.planning import Create, Desired, Invalidate, Plan, Prune, Relocate, Revalidate, Update
-from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, StoredObject
-from mlsm.store.phases import FINISHED
+from mlsm.schemas.phases import JobPhase
+from mlsm.store import OBJECT_MODELS, Job, StoredObject
 from mlsm.store.types import utcnow
 
-__all__ = [
-    "Commit",
-    "apply_plan",
-    "condition",
-    "record",
-    "set_condition",
-    "stored_objects",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """The commit a sync reads: what every object it changes records."""
-
-    sha: str
-    author: str = ""
-    message: str = ""
-
-    @property
-    def short(self) -> str:
-        return self.sha[:10]
-
-    @property
-    def title(self) -> str:
-        return self.message.strip().splitlines()[0] if self.message.strip() else ""
-
-
-def condition(conditions: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == kind), None)
-
-
-def set_condition(
-    conditions: list[dict[str, Any]],
-    kind: str,
-    status: bool,
-    *,
-    reason: str,
-    message: str,
-    now: dt.datetime,
-) -> list[dict[str, Any]]:
-    """A new list with the condition set; its transition time moves only when its
-    status does (as in Kubernetes)."""
-    old = condition(conditions, kind)
-    value = "True" if status else "False"
-    changed = old is None or old.get("status") != value
-    new = {
-        "type": kind,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now.isoformat() if changed else old["lastTransitionTime"],  # type: ignore[index]
-    }
-    return [c for c in conditions if c.get("type") != kind] + [new]
+__all__ = ["apply_plan", "stored_objects"]
 
 
 def stored_objects(session: Session) -> list[planning.Stored]:
@@ -97,39 +47,10 @@ def stored_objects(session: Session) -> list[planning.Stored]:
                     line=row.source_line,
                     valid=valid.get("status", "True") == "True",
                     error="" if valid.get("status", "True") == "True" else valid.get("message", ""),
-                    finished=phase is None or row.phase in FINISHED,
+                    finished=phase is None or row.phase in JobPhase.finished_phases(),
                 )
             )
     return out
-
-
-def record(
-    session: Session,
-    obj: StoredObject | None,
-    reason: str,
-    message: str,
-    *,
-    kind: str = "",
-    name: str = "",
-    warning: bool = False,
-    commit: Commit | None = None,
-    actor: str = "",
-    now: dt.datetime | None = None,
-) -> Event:
-    """Write one event row about `obj` (or about kind/name, for what has no row)."""
-    event = Event(
-        at=now or utcnow(),
-        kind=obj.kind if obj is not None else kind,
-        name=obj.name if obj is not None else name,
-        uid=obj.uid if obj is not None else None,
-        type="Warning" if warning else "Normal",
-        reason=reason,
-        message=message,
-        commit_sha=commit.sha if commit else "",
-        actor=actor or (commit.author if commit else "controller"),
-    )
-    session.add(event)
-    return event
 
 
 def apply_plan(
@@ -247,26 +168,7 @@ def _prune(
     row.deleted_at = now
     row.updated_at = now
     if action.cancel and isinstance(row, Job):
-        row.phase = "Cancelled"
-        holders = session.scalars(
-            select(Run.node).where(Run.job_id == row.id, Run.phase.not_in(FINISHED))
-        ).all()
-        for holder in session.scalars(  # their agents learn from the moved revision
-            select(Node).where(Node.name.in_([h for h in holders if h]), Node.deleted_at.is_(None))
-        ):
-            holder.assignment_revision += 1
-        session.execute(
-            update(Run)
-            .where(Run.job_id == row.id, Run.phase.not_in(FINISHED))
-            .values(
-                phase="Cancelled",
-                reason="Pruned",
-                message="the job was removed from git",
-                finished_at=now,
-                version=Run.version + 1,
-            )
-        )
-        record(session, row, "Cancelled", f"removed from git in {commit.short}; cancelled",
-               commit=commit, now=now)  # fmt: skip
+        cancel_job(session, row, reason="Pruned", message=f"removed from git in {commit.short}; "
+                   "cancelled", commit=commit, now=now)  # fmt: skip
     record(session, row, "Pruned", f"removed from git in {commit.short} {commit.title}".rstrip(),
            commit=commit, now=now)  # fmt: skip

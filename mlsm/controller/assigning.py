@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mlsm import planning, schemas
-from mlsm.controller.applying import condition, record, set_condition
-from mlsm.controller.transitions import job_spec, set_job_phase
+from mlsm.controller.events import condition, record, set_condition
+from mlsm.controller.lifecycle import job_spec, next_attempt, switch_job
+from mlsm.schemas.phases import JobPhase, RunPhase
 from mlsm.store import Dataset, Job, Node, Run
-from mlsm.store.phases import ACTIVE
 from mlsm.store.types import utcnow
 
 __all__ = ["AssignOutcome", "assign", "is_ready"]
@@ -108,7 +108,7 @@ def assign(
     """Bind what can run now. The caller commits (inside the scheduling lock)."""
     now = now or utcnow()
     candidates = session.scalars(select(Job).where(
-        Job.deleted_at.is_(None), Job.phase == "Pending", Job.generation > 0,
+        Job.deleted_at.is_(None), Job.phase == JobPhase.PENDING, Job.generation > 0,
     )).all()  # fmt: skip
     pending: list[tuple[Job, schemas.TrainingJob]] = []
     for job in candidates:
@@ -123,8 +123,8 @@ def assign(
     nodes = list(
         session.scalars(select(Node).where(Node.deleted_at.is_(None), Node.generation > 0))
     )
-    active = [(row[0], row[1]) for row in
-              session.execute(select(Run, Job).join(Job).where(Run.phase.in_(ACTIVE)))]  # fmt: skip
+    active_runs = select(Run, Job).join(Job).where(Run.phase.in_(RunPhase.active_phases()))
+    active = [(row[0], row[1]) for row in session.execute(active_runs)]
     held: dict[str, list[tuple[Run, schemas.TrainingJob | None]]] = {}
     in_use: Counter[str] = Counter()
     for run, job in active:
@@ -146,16 +146,16 @@ def assign(
     touched: set[str] = set()
     for binding in result.bindings:
         job = jobs[binding.job]
-        attempt = len(job.runs) + 1
+        attempt = next_attempt(job)
         for placement in binding.placements:
             session.add(Run(id=str(uuid.uuid4()), job=job, attempt=attempt, node=placement.node,
-                            gpus=list(placement.gpus), phase="Scheduled", reason="Scheduled",
+                            gpus=list(placement.gpus), phase=RunPhase.SCHEDULED, reason="Scheduled",
                             created_at=now))  # fmt: skip
             by_node[placement.node].assignment_revision += 1
             touched.add(placement.node)
         where = ", ".join(f"{p.node} (GPUs {list(p.gpus)})" if p.gpus else p.node
                           for p in binding.placements)  # fmt: skip
-        set_job_phase(session, job, "Scheduled", reason="Scheduled",
+        switch_job(session, job, JobPhase.SCHEDULED, reason="Scheduled",
                       message=f"bound to {where}", now=now)  # fmt: skip
     for name, message in result.waiting.items():
         job = jobs[name]

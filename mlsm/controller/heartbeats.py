@@ -27,8 +27,8 @@ import anyio
 from sqlalchemy import select
 
 from mlsm.controller.capacity import Capacity
+from mlsm.schemas.phases import RunPhase
 from mlsm.store import Node, Run, Store, Token
-from mlsm.store.phases import ACTIVE
 
 __all__ = ["Beat", "Identities", "NodeState", "NodeTable"]
 
@@ -175,7 +175,7 @@ class NodeTable:
         with self.store.read() as session:
             active: dict[str, set[str]] = {}
             for run_id, node in session.execute(
-                select(Run.id, Run.node).where(Run.phase.in_(ACTIVE))
+                select(Run.id, Run.node).where(Run.phase.in_(RunPhase.active_phases()))
             ):
                 active.setdefault(node or "", set()).add(run_id)
             catalog = self._datasets(session)

@@ -19,51 +19,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mlsm.controller.applying import condition, record, set_condition
-from mlsm.controller.transitions import job_spec, set_job_phase, set_run_phase
+from mlsm.controller.events import condition, record, set_condition
+from mlsm.controller.lifecycle import Leases, job_spec, lose_run, stop_attempt
+from mlsm.schemas.phases import JobPhase, Reason, RunPhase
 from mlsm.store import Job, Node, Run
-from mlsm.store.phases import ACTIVE
 from mlsm.store.types import utcnow
 
-__all__ = ["LeaseChanges", "Leases", "check_leases", "finish_failed_run"]
-
-
-@dataclass(frozen=True, slots=True)
-class Leases:
-    grace: dt.timedelta = dt.timedelta(seconds=20)
-    lost: dt.timedelta = dt.timedelta(minutes=5)
-    backoff: dt.timedelta = dt.timedelta(seconds=10)
-    backoff_max: dt.timedelta = dt.timedelta(minutes=10)
-
-
-def finish_failed_run(
-    session: Session,
-    job: Job,
-    run: Run,
-    leases: Leases,
-    *,
-    reason: str,
-    message: str,
-    now: dt.datetime,
-) -> None:
-    """After a run failed: retry the job (with backoff) while it has retries left."""
-    spec = job_spec(job)
-    retries = spec.spec.retries if spec else 0
-    if job.restarts < retries:
-        delay = min(leases.backoff * (2**job.restarts), leases.backoff_max)
-        job.restarts += 1
-        job.next_attempt_at = now + delay
-        set_job_phase(
-            session,
-            job,
-            "Pending",
-            reason="BackOff",
-            message=f"run {run.attempt} failed ({message or reason}); retry "
-            f"{job.restarts}/{retries} in {int(delay.total_seconds())}s",
-            now=now,
-        )
-    else:
-        set_job_phase(session, job, "Failed", reason=reason, message=message, now=now)
+__all__ = ["LeaseChanges", "Leases", "check_leases"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,75 +86,32 @@ def check_leases(session: Session, leases: Leases, now: dt.datetime | None = Non
             conditions_changed = True
         if silent > leases.lost:
             for run in session.scalars(
-                select(Run).where(Run.node == node.name, Run.phase.in_(ACTIVE))
+                select(Run).where(Run.node == node.name, Run.phase.in_(RunPhase.active_phases()))
             ):
-                set_run_phase(
-                    session,
-                    run,
-                    "Lost",
-                    reason="NodeLost",
-                    message=f"node {node.name} silent for {int(silent.total_seconds())}s",
-                    now=now,
-                )
-                run.job.restarts += 1
-                set_job_phase(
-                    session,
-                    run.job,
-                    "Pending",
-                    reason="Lost",
-                    message=f"run {run.attempt} lost with node {node.name}; rescheduling elsewhere",
-                    now=now,
-                )
+                lose_run(session, run, leases, silent=silent, now=now)
                 changed = True
-    for run, job in session.execute(select(Run, Job).join(Job).where(Run.phase.in_(ACTIVE))):
+    for run, job in session.execute(
+        select(Run, Job).join(Job).where(Run.phase.in_(RunPhase.active_phases()))
+    ):
         spec = job_spec(job)
-        if spec is None:
+        if spec is None or not RunPhase(run.phase).active:  # a sibling's end stopped it
             continue
         limit = spec.spec.max_duration
-        stopped = False
         if (
             limit is not None
             and run.started_at is not None
             and (now - run.started_at > dt.timedelta(seconds=limit))
         ):
-            stopped = set_run_phase(
-                session,
-                run,
-                "Failed",
-                reason="DeadlineExceeded",
-                message=f"ran longer than maxDuration ({int(limit)}s)",
-                now=now,
-            )
-            set_job_phase(
-                session,
-                job,
-                "Failed",
-                reason="DeadlineExceeded",
-                message=f"stopped after maxDuration ({int(limit)}s)",
-                now=now,
-            )
+            changed |= stop_attempt(
+                session, job, RunPhase.FAILED, JobPhase.FAILED,
+                reason=Reason.DEADLINE_EXCEEDED,
+                run_message=f"ran longer than maxDuration ({int(limit)}s)",
+                job_message=f"stopped after maxDuration ({int(limit)}s)", now=now,
+            )  # fmt: skip
         elif spec.spec.suspend:
-            stopped = set_run_phase(
-                session,
-                run,
-                "Cancelled",
-                reason="Suspended",
-                message="the job was suspended",
-                now=now,
-            )
-            set_job_phase(
-                session,
-                job,
-                "Pending",
-                reason="Suspended",
-                message="suspended: it waits until spec.suspend is false",
-                now=now,
-            )
-        if stopped:  # the agent learns it from its assignments and its next heartbeat
-            changed = True
-            holder = session.scalars(
-                select(Node).where(Node.name == run.node, Node.deleted_at.is_(None))
-            ).first()
-            if holder is not None:
-                holder.assignment_revision += 1
+            changed |= stop_attempt(
+                session, job, RunPhase.CANCELLED, JobPhase.PENDING, reason=Reason.SUSPENDED,
+                run_message="the job was suspended",
+                job_message="suspended: it waits until spec.suspend is false", now=now,
+            )  # fmt: skip
     return LeaseChanges(conditions=conditions_changed, runs=changed)

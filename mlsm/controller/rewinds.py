@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from mlsm.controller.applying import record
+from mlsm.controller.events import record
 from mlsm.files import write_durably
 from mlsm.store import Event, Node, Store
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlsm import manifests
-from mlsm.controller.applying import Commit
+from mlsm.controller.events import Commit
 from mlsm.errors import MlsmError
 
 __all__ = ["DirectorySource", "GitSource", "ManifestSource", "SourceError", "open_source"]

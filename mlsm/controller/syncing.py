@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from mlsm import planning
-from mlsm.controller.applying import Commit, apply_plan, record, stored_objects
+from mlsm.controller.applying import apply_plan, stored_objects
+from mlsm.controller.events import Commit, record
 from mlsm.controller.sources import ManifestSource, SourceError
 from mlsm.manifests import Problem
 from mlsm.manifests.parsing import paused_gc

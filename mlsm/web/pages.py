@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from mlsm import scores
 from mlsm.manifests import dump_yaml
+from mlsm.schemas.phases import JobPhase, RunPhase
 from mlsm.store import Dataset, Event, Job, Node, Run, StoredObject, SyncState
 from mlsm.store.outputs import read_log, read_metrics
-from mlsm.store.phases import ACTIVE, FINISHED, JOB_PHASES
 
 __all__ = [
     "JOB_SORTS",
@@ -166,7 +166,7 @@ def decode_cursor(raw: str, kinds: list[type]) -> list[Any]:
 
 
 def overview_page(session: Session) -> dict[str, Any]:
-    by_phase = dict.fromkeys(JOB_PHASES, 0)
+    by_phase = {str(p): 0 for p in JobPhase}
     for phase, count in session.execute(
         select(Job.phase, func.count()).where(Job.deleted_at.is_(None)).group_by(Job.phase)
     ):
@@ -174,7 +174,9 @@ def overview_page(session: Session) -> dict[str, Any]:
     nodes = list(session.scalars(_live(select(Node), Node).order_by(Node.name)))
     used = sum(
         len(gpus)
-        for (gpus,) in session.execute(select(Run.gpus).where(Run.phase.in_(ACTIVE)))
+        for (gpus,) in session.execute(
+            select(Run.gpus).where(Run.phase.in_(RunPhase.active_phases()))
+        )
         if isinstance(gpus, list)
     )
     total = sum(gpu_count(n) for n in nodes)
@@ -230,9 +232,9 @@ class JobsQuery:
             after=params.get("after", ""),
             before=params.get("before", ""),
         )
-        unknown = [p for p in query.phase if p not in JOB_PHASES]
+        unknown = [p for p in query.phase if p not in JobPhase.__members__.values()]
         if unknown:
-            raise BadQuery(f"phase '{unknown[0]}' is not one of {', '.join(JOB_PHASES)}")
+            raise BadQuery(f"phase '{unknown[0]}' is not one of {', '.join(JobPhase)}")
         if query.sort not in JOB_SORTS:
             raise BadQuery(f"sort '{query.sort[:20]}' is not one of {', '.join(JOB_SORTS)}")
         if query.order not in ("asc", "desc"):
@@ -299,7 +301,7 @@ def jobs_page(session: Session, query: JobsQuery) -> dict[str, Any]:
         "jobs": [(j, latest.get(j.id), waiting_reason(j)) for j in rows],
         "next": query.link(after=cursor(rows[-1])) if rows and has_next else None,
         "prev": query.link(before=cursor(rows[0])) if has_prev else None,
-        "phases": JOB_PHASES,
+        "phases": list(JobPhase),
         "sorts": list(JOB_SORTS),
     }
 
@@ -356,7 +358,7 @@ def job_page(
         "events": events[::-1],
         "timeline": timeline(job, runs),
         "waiting": waiting_reason(job),
-        "finished": job.phase in FINISHED,
+        "finished": job.phase in JobPhase.finished_phases(),
     }
 
 
@@ -376,7 +378,11 @@ def timeline(job: Job, runs: list[Run]) -> list[dict[str, Any]]:
             steps.append({"phase": run.phase, "at": run.finished_at, "what": detail})
     now = dt.datetime.now(dt.UTC)
     for step, following in zip(steps, [*steps[1:], None], strict=True):
-        end = following["at"] if following else (None if job.phase in FINISHED else now)
+        end = (
+            following["at"]
+            if following
+            else (None if job.phase in JobPhase.finished_phases() else now)
+        )
         step["lasted"] = (end - step["at"]).total_seconds() if end else None
     return steps
 
@@ -385,7 +391,7 @@ def timeline(job: Job, runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def _active_runs(session: Session, node: str | None = None) -> list[tuple[Run, str]]:
-    query = select(Run, Job.name).join(Job).where(Run.phase.in_(ACTIVE))
+    query = select(Run, Job.name).join(Job).where(Run.phase.in_(RunPhase.active_phases()))
     if node is not None:
         query = query.where(Run.node == node)
     return [(r, n) for r, n in session.execute(query)]

@@ -21,8 +21,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mlsm.schemas.phases import JobPhase, RunPhase
 from mlsm.store import Job, Node, Run, Store, SyncState
-from mlsm.store.phases import ACTIVE, JOB_PHASES
 
 __all__ = ["CONTENT_TYPE", "Telemetry", "TimedRequests"]
 
@@ -68,7 +68,7 @@ class _StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.store.read() as session:
-            phases = dict.fromkeys(JOB_PHASES, 0)
+            phases = {str(p): 0 for p in JobPhase}
             phases.update(
                 session.execute(
                     select(Job.phase, func.count())
@@ -83,7 +83,9 @@ class _StoreCollector(Collector):
             ).all()
             allocated = sum(
                 len(g)
-                for (g,) in session.execute(select(Run.gpus).where(Run.phase.in_(ACTIVE)))
+                for (g,) in session.execute(
+                    select(Run.gpus).where(Run.phase.in_(RunPhase.active_phases()))
+                )
                 if isinstance(g, list)
             )
             syncs = session.execute(select(SyncState.source, SyncState.status)).all()

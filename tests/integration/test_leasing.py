@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import select
 
 from mlsm.controller.assigning import assign
-from mlsm.controller.leasing import Leases, check_leases, finish_failed_run
+from mlsm.controller.leasing import Leases, check_leases
+from mlsm.controller.lifecycle import report_run, switch_run
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
-from mlsm.controller.transitions import set_run_phase
+from mlsm.schemas.phases import RunPhase
 from mlsm.store import Event, Job, Node, Run, Store
 from tests.integration.conftest import GitRepo
 from tests.integration.test_assigning import manifest_node
@@ -77,8 +78,8 @@ def fail(store: Store, name: str, now: dt.datetime) -> None:
     with store.write() as session:
         job = session.scalars(select(Job).where(Job.name == name)).one()
         run = max(job.runs, key=lambda r: r.attempt)
-        set_run_phase(session, run, "Failed", reason="Error", message="exit code 3", now=now)
-        finish_failed_run(session, job, run, LEASES, reason="Error", message="exit code 3", now=now)
+        assert report_run(session, run, RunPhase.FAILED, LEASES, reason="Error",
+                          message="exit code 3", exit_code=3, now=now)  # fmt: skip
 
 
 def test_a_failed_run_is_retried_after_a_backoff_then_the_job_fails(store: Store) -> None:
@@ -135,7 +136,7 @@ def test_max_duration_and_suspend_stop_runs(store: Store, repo: GitRepo, tmp_pat
     assert bind(store, T0) == 2
     with store.write() as session:
         for run in session.scalars(select(Run).where(Run.phase == "Scheduled")):
-            set_run_phase(session, run, "Running", now=T0)
+            switch_run(session, run, RunPhase.RUNNING, now=T0)
     repo.write("jobs/pause.yaml", job_yaml("pause", "\n          suspend: true"))
     repo.commit()
     assert Syncer(store, open_source(str(repo.root), state_dir=tmp_path)).sync().ok

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from mlsm.controller.applying import record
+from mlsm.controller.events import record
 from mlsm.controller.rewinds import check_mark, read_mark, save_mark
 from mlsm.store import Event, Node, Store
 
