@@ -99,9 +99,21 @@ def launch_for(
     )
     if DATASET_DIR in seen:
         env["MLSM_DATASET_DIR"] = seen[DATASET_DIR]
+    gpus = [int(i) for i in assignment.get("gpus", [])]
+    # GPUs as the job sees them: a venv job the node's indices, a container its own
+    # (the engine numbers the devices it is given from 0)
+    visible = gpus if runtime.name == "venv" else list(range(len(gpus)))
+    env.update(
+        MLSM_GPUS=",".join(map(str, visible)),
+        MLSM_NODE_RANK="0",
+        MLSM_NUM_NODES=str(spec.nodes),
+        MLSM_PROCESSES_PER_NODE=str(spec.processes if spec.under_torchrun else 1),
+    )
     argv = list(spec.command or [])
     if spec.trainer is not None:
         argv = _trainer(spec.trainer, root, folder, mounts, runtime, env)
+    if spec.under_torchrun:
+        argv = torchrun(argv, processes=spec.processes, python=_python(runtime))
     venv, docker = spec.runtime.venv, spec.runtime.docker
     return Launch(
         run=run,
@@ -111,7 +123,7 @@ def launch_for(
         argv=argv,
         env=env,
         mounts=mounts,
-        gpus=[int(i) for i in assignment.get("gpus", [])],
+        gpus=gpus,
         cpu=spec.resources.cpu,
         memory=spec.resources.memory,
         busy_cpus=list(busy_cpus),
@@ -122,6 +134,37 @@ def launch_for(
         trainer=spec.trainer is not None,
         labels={"mlsm.run": run, "mlsm.job": job, "mlsm.node": node},
     )
+
+
+RANK_DEVICE = (
+    'if [ -n "${MLSM_GPUS:-}" ]; then '
+    'CUDA_VISIBLE_DEVICES=$(printf %s "$MLSM_GPUS" | cut -d, -f$((LOCAL_RANK + 1))); '
+    'export CUDA_VISIBLE_DEVICES; fi; exec "$@"'
+)
+"""Run by torchrun for each process: it sees only its own GPU, the LOCAL_RANK-th of
+the job's (a CPU job's processes see none, as before)."""
+
+
+def torchrun(argv: list[str], *, processes: int, python: str) -> list[str]:
+    """`argv` as `processes` processes on this node under torchrun (a standalone
+    rendezvous on a free local port), each through `RANK_DEVICE`."""
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "--no-python",
+        "/bin/sh",
+        "-c",
+        RANK_DEVICE,
+        "mlsm-rank",
+        *argv,
+    ]
+
+
+def _python(runtime: Runtime) -> str:
+    return "python" if runtime.name == "venv" else "python3"
 
 
 def _inside(folder: str, name: str) -> str:
@@ -152,9 +195,8 @@ def _trainer(
         config["model"] = runtime.sees(mounts[-1])
     config.update(datasetRoot=env.get("MLSM_DATASET_DIR", ""), outputDir=env["MLSM_OUTPUT_DIR"])
     folder.trainer_config.write_text(json.dumps(config, indent=2) + "\n")
-    python = "python" if runtime.name == "venv" else "python3"
     return [
-        python,
+        _python(runtime),
         "-m",
         "mlsm.training",
         "--config",

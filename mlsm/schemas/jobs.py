@@ -218,6 +218,23 @@ class TrainingJobSpec(SpecModel):
         default=0, ge=-1000, le=1000, description="Higher goes first when GPUs are scarce."
     )
     nodes: int = Field(default=1, ge=1, le=64, description="Nodes for a multi-node torchrun job.")
+    launcher: Literal["none", "torchrun"] | None = Field(
+        default=None,
+        description="How the job's processes start. 'torchrun': processesPerNode processes "
+        "per node under torchrun (DDP; each process sees its own GPU in "
+        "CUDA_VISIBLE_DEVICES, chosen by its LOCAL_RANK); the command then needs torch "
+        "in its environment. 'none': one process, which may read $MLSM_GPUS, "
+        "$MLSM_NODE_RANK, $MLSM_NUM_NODES and launch itself. Default: torchrun for the "
+        "built-in trainer with more than one GPU per node, else none.",
+    )
+    processes_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Processes per node under torchrun (default: the job's GPUs per node, "
+        "at least 1). One per GPU: with GPUs it must equal resources.gpus; without, it "
+        "runs CPU processes (gloo), for CPU jobs and tests.",
+    )
     retries: int = Field(
         default=0, ge=0, le=100, description="Failed runs retried up to this many times."
     )
@@ -240,7 +257,29 @@ class TrainingJobSpec(SpecModel):
             raise ValueError("set only one of 'command' or 'trainer' (both are set)")
         if self.trainer is not None and self.dataset is None:
             raise ValueError("the built-in trainer needs 'dataset': name an imagefolder Dataset")
+        if self.processes_per_node is not None:
+            if self.launcher == "none":
+                raise ValueError("processesPerNode needs launcher: torchrun (or leave it out)")
+            gpus = self.resources.gpus
+            if gpus and self.processes_per_node != gpus:
+                raise ValueError(
+                    f"processesPerNode {self.processes_per_node} with resources.gpus {gpus}: "
+                    "torchrun runs one process per GPU; set them equal or leave "
+                    "processesPerNode out"
+                )
         return self
+
+    @property
+    def processes(self) -> int:
+        """Processes per node: processesPerNode, else one per GPU (at least one)."""
+        return self.processes_per_node or max(self.resources.gpus, 1)
+
+    @property
+    def under_torchrun(self) -> bool:
+        """Whether the job's processes start under torchrun."""
+        if self.launcher is not None:
+            return self.launcher == "torchrun"
+        return self.trainer is not None and self.processes > 1
 
 
 class TrainingJob(SpecModel):

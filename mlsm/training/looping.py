@@ -236,11 +236,22 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
     place = _Place.from_env()
     if place.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = (
-        torch.device("cuda", place.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    )
-    if device.type == "cuda":
+    # Under mlsm's launcher each process sees only its own GPU (device 0); under a
+    # plain torchrun every process sees all of them and takes its LOCAL_RANK-th.
+    if torch.cuda.is_available():
+        index = place.local_rank if torch.cuda.device_count() > place.local_rank else 0
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if place.world > 1:  # every rank says where it is, once
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
+        print(
+            f"rank {place.rank} of {place.world} (local {place.local_rank}): {device}, "
+            f"CUDA_VISIBLE_DEVICES={visible}",
+            file=out,
+            flush=True,
+        )
 
     def say(line: str) -> None:
         if place.main:

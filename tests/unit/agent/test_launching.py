@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsm.agent.launching import launch_for, runtime_of
+from mlsm.agent.launching import RANK_DEVICE, launch_for, runtime_of
 from mlsm.agent.runtimes import Mount, StartFailed
 from mlsm.backoff import Backoff
 
@@ -49,7 +49,8 @@ def test_both_runtimes_get_the_same_variables_at_the_paths_they_see(tmp_path: Pa
     assert boxed.env == {
         "GREETING": "hi", "MLSM_RUN_ID": "r1", "MLSM_JOB": "j", "MLSM_RUN_DIR": "/mlsm/run",
         "MLSM_OUTPUT_DIR": "/mlsm/output", "MLSM_METRICS_FILE": "/mlsm/run/metrics.jsonl",
-        "MLSM_DATASET_DIR": "/mlsm/dataset",
+        "MLSM_DATASET_DIR": "/mlsm/dataset", "MLSM_GPUS": "0,1", "MLSM_NODE_RANK": "0",
+        "MLSM_NUM_NODES": "1", "MLSM_PROCESSES_PER_NODE": "1",
     }  # fmt: skip
     assert [(m.target, m.read_only) for m in boxed.mounts] == [
         ("/mlsm/run", False), ("/mlsm/output", False), ("/mlsm/dataset", True)]  # fmt: skip
@@ -59,6 +60,7 @@ def test_both_runtimes_get_the_same_variables_at_the_paths_they_see(tmp_path: Pa
     assert plain.env["MLSM_OUTPUT_DIR"] == str(tmp_path / "jobs/j/output")
     assert plain.env["MLSM_DATASET_DIR"] == str((tmp_path / "datasets/cats").resolve())
     assert plain.env["MLSM_METRICS_FILE"] == str(tmp_path / "runs/r1/metrics.jsonl")
+    assert plain.env["MLSM_GPUS"] == "1,3"  # a venv job sees the node's own indices
     assert runtime_of(entry) == "docker"
     assert runtime_of({"spec": {"runtime": {"venv": {}}}}) == "venv"
 
@@ -99,3 +101,83 @@ def test_backoff_doubles_to_its_ceiling_and_starts_over_after_a_success() -> Non
     assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     backoff.reset()
     assert backoff.next() == 0.5
+
+
+def test_a_trainer_with_two_gpus_runs_as_two_processes_under_torchrun(tmp_path: Path) -> None:
+    (tmp_path / "datasets/cats").mkdir(parents=True)
+    entry = assignment(dataset="cats", command=None, resources={"gpus": 2},
+                       trainer={"model": "builtin:vit-tiny", "epochs": 1})  # fmt: skip
+    boxed = launch(tmp_path, Seen(), entry)
+    assert list(boxed.argv[:6]) == ["python3", "-m", "torch.distributed.run", "--standalone",
+                                    "--nproc-per-node=2", "--no-python"]  # fmt: skip
+    assert boxed.argv[boxed.argv.index("mlsm-rank") + 1] == "python3"
+    assert boxed.argv[-4:] == ["-m", "mlsm.training", "--config", "/mlsm/run/trainer.json"]
+    assert boxed.env["MLSM_PROCESSES_PER_NODE"] == "2"
+    one = launch(tmp_path, Seen(), assignment(dataset="cats", command=None,
+                 resources={"gpus": 1}, trainer={"model": "builtin:vit-tiny"}))  # fmt: skip
+    assert one.argv[:3] == ["python3", "-m", "mlsm.training"]  # one GPU: one process
+
+
+@pytest.mark.parametrize(
+    ("spec", "launched"),
+    [
+        pytest.param({}, False, id="a-command-runs-as-it-is"),
+        pytest.param({"launcher": "torchrun"}, True, id="torchrun-one-per-gpu"),
+        pytest.param(
+            {"launcher": "torchrun", "processesPerNode": 2, "resources": {"gpus": 0}},
+            True,
+            id="cpu-processes",
+        ),
+        pytest.param({"launcher": "none", "resources": {"gpus": 2}}, False, id="launches-itself"),
+    ],
+)
+def test_a_command_job_asks_for_torchrun(
+    tmp_path: Path, spec: dict[str, object], launched: bool
+) -> None:
+    entry = assignment(command=["python", "train.py"], **spec)
+    argv = list(launch(tmp_path, Host(), entry).argv)
+    assert (argv[:3] == ["python", "-m", "torch.distributed.run"]) is launched
+    assert argv[-2:] == ["python", "train.py"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        pytest.param(
+            {"launcher": "none", "processesPerNode": 2},
+            "needs launcher: torchrun",
+            id="processes-without-torchrun",
+        ),
+        pytest.param(
+            {"launcher": "torchrun", "processesPerNode": 3, "resources": {"gpus": 2}},
+            "one process per GPU",
+            id="processes-not-gpus",
+        ),
+    ],
+)
+def test_processes_per_node_is_checked(spec: dict[str, object], message: str) -> None:
+    from mlsm import schemas
+
+    base = {"runtime": {"venv": {}}, "command": ["python", "train.py"], **spec}
+    with pytest.raises(ValueError, match=message):
+        schemas.TrainingJobSpec.model_validate(base)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "rank", "sees"),
+    [
+        pytest.param("3,5", "0", "3", id="rank-0-the-first"),
+        pytest.param("3,5", "1", "5", id="rank-1-the-second"),
+        pytest.param("", "1", "untouched", id="a-cpu-job-keeps-what-it-had"),
+    ],
+)
+def test_each_process_sees_its_own_gpu(gpus: str, rank: str, sees: str) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "MLSM_GPUS": gpus, "LOCAL_RANK": rank,
+           "CUDA_VISIBLE_DEVICES": "untouched"}  # fmt: skip
+    done = subprocess.run(["/bin/sh", "-c", RANK_DEVICE, "mlsm-rank", "sh", "-c",
+                           'printf %s "$CUDA_VISIBLE_DEVICES"'],
+                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout == sees
