@@ -1,13 +1,15 @@
 """The one error tree of mlsm.
 
 `UserError` is something a person can fix (a bad manifest, a missing path): the CLI
-prints its message on one line and exits 1, never with a traceback. Other
-`MlsmError`s are internal and carry retry meaning for the loops that catch them.
+prints its message on one line and exits 1, never with a traceback. `HttpError` is
+a request refused, with the status and the one line its caller is shown: the one
+error type of the controller's APIs and the status site. Other `MlsmError`s are
+internal and carry retry meaning for the loops that catch them.
 """
 
 from __future__ import annotations
 
-__all__ = ["MlsmError", "UserError"]
+__all__ = ["HttpError", "MlsmError", "UserError"]
 
 
 class MlsmError(Exception):
@@ -16,3 +18,12 @@ class MlsmError(Exception):
 
 class UserError(MlsmError):
     """An error the user can fix; its message says what and how."""
+
+
+class HttpError(UserError):
+    """A request refused: the status and the one-line message the caller is shown."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

@@ -12,14 +12,12 @@ comes back stops its stale copy instead of both counting.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import anyio
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -36,6 +34,7 @@ from mlsm.controller.inputs import (
 from mlsm.controller.lifecycle import Leases, report_run
 from mlsm.schemas.phases import RunPhase
 from mlsm.store import Dataset, Job, Node, Run, Store
+from mlsm.store.conflicts import retry_on_conflict
 from mlsm.store.outputs import STREAMS, store_lines
 from mlsm.store.tokens import live_token, token_digest
 from mlsm.store.types import utcnow
@@ -53,14 +52,14 @@ log = logging.getLogger("mlsm.controller")
 
 
 class AgentApi:
-    """Handlers for agents. `changed` is called after anything that may need a
-    scheduling pass (a heartbeat from a new node, a finished run)."""
+    """Handlers for agents. `request_schedule` is called after anything that may need
+    a scheduling pass (a heartbeat from a new node, a finished run)."""
 
     def __init__(
         self,
         store: Store,
         *,
-        changed: Callable[[], None] = lambda: None,
+        request_schedule: Callable[[], None] = lambda: None,
         leases: Leases | None = None,
         recheck: float = 1.0,
         token_cache: float = TOKEN_SECONDS,
@@ -71,7 +70,8 @@ class AgentApi:
         self.recheck = recheck
         """Seconds between reads of a waiting long poll, assignments or logs (a binding
         or shipped output here wakes it at once)."""
-        self.changed = changed
+        self.request_schedule = request_schedule
+        """Ask for a scheduling pass now (a node came up, a run finished)."""
         self.leases = leases or Leases()
         self._revision_moved = anyio.Event()
         self._output_moved = anyio.Event()
@@ -144,7 +144,7 @@ class AgentApi:
         if not isinstance(inventory, dict):
             raise HttpError(400, "inventory must be a JSON object")
         now = utcnow()
-        fresh = state.last_beat is None or now - state.last_beat > self.leases.grace
+        fresh = not self.leases.is_ready(state.last_beat, now)
         state.last_beat = now
         seen = {str(r) for r in body.get("runs", [])}
         answer = {"assignmentRevision": state.revision, "stop": sorted(seen - state.active),
@@ -156,7 +156,7 @@ class AgentApi:
                 self._write_beats, {state.id: Beat(now, inventory, fresh)}
             )
             if fresh:
-                self.changed()
+                self.request_schedule()
         return JSONResponse(answer)
 
     def _pending_fresh(self, node_id: int) -> bool:
@@ -181,7 +181,7 @@ class AgentApi:
                     self._pending = {**batch, **self._pending}
                     continue
                 if any(beat.fresh for beat in batch.values()):
-                    self.changed()  # a node came (back) up: there may be work for it
+                    self.request_schedule()  # a node came (back) up: there may be work for it
         finally:
             self._flushing = False
 
@@ -302,7 +302,7 @@ class AgentApi:
         answer = await self._run(self._report_retrying, name, token, run_id, body)
         self.output_moved()  # a run's phase may have moved: wake the site's live feeds
         if answer.get("finished"):
-            self.changed()
+            self.request_schedule()
         return JSONResponse({"stop": answer["stop"]}, status_code=409 if answer["stop"] else 200)
 
     def _report_retrying(
@@ -310,14 +310,7 @@ class AgentApi:
     ) -> dict[str, Any]:
         """A report races the scheduling pass on the same rows: on a version conflict,
         read again and reapply (optimistic concurrency), a few times."""
-        for attempt in range(5):
-            try:
-                return self._report(name, token, run_id, body)
-            except StaleDataError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return retry_on_conflict(lambda: self._report(name, token, run_id, body))
 
     def _report(self, name: str, token: str, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
         phase = body.get("phase")

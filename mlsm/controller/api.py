@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from mlsm.controller import writing
+from mlsm.controller import committing
 from mlsm.controller.agents import AgentApi
 from mlsm.controller.inputs import (
     APPLY_BODY,
@@ -191,13 +191,13 @@ class Api:
     def __init__(
         self,
         store: Store,
-        on_webhook: Callable[[], None],
+        request_sync: Callable[[], None],
         webhook_secret: str,
         source: ManifestSource | None,
         agents: AgentApi,
     ) -> None:
         self.store = store
-        self.on_webhook = on_webhook
+        self.request_sync = request_sync
         self.webhook_secret = webhook_secret
         self.source = source
         self.agents = agents
@@ -393,7 +393,7 @@ class Api:
         except ValueError:
             raise HttpError(400, "the webhook body is not JSON") from None
         ref = payload.get("ref", "") if isinstance(payload, dict) else ""
-        self.on_webhook()
+        self.request_sync()
         return JSONResponse({"accepted": True, "ref": ref}, status_code=202)
 
     async def apply(self, request: Request) -> Response:
@@ -424,17 +424,17 @@ class Api:
         source = self.source
 
         def write() -> dict[str, Any]:
-            changes = writing.plan_writes(self.store, source, text, delete=delete)
+            changes = committing.plan_writes(self.store, source, text, delete=delete)
             names = [o for c in changes for o in c.objects]
             message = f"mlsmctl {'delete' if delete else 'apply'}: {', '.join(names)}\n"
-            commit = writing.write_changes(source, changes, author=author, message=message)
+            commit = committing.write_changes(source, changes, author=author, message=message)
             return {"commit": commit, "objects": names, "files": [c.path for c in changes]}
 
         try:
             result = await capacity.control_plane(write)
-        except writing.WriteRefused as exc:
+        except committing.WriteRefused as exc:
             raise HttpError(409, str(exc)) from None
-        self.on_webhook()  # sync now
+        self.request_sync()  # sync now
         return JSONResponse(result)
 
     def _kind(self, plural: str) -> str:
@@ -504,7 +504,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 def create_app(
     store: Store,
     *,
-    on_webhook: Callable[[], None] = lambda: None,
+    request_sync: Callable[[], None] = lambda: None,
     webhook_secret: str = "",
     source: ManifestSource | None = None,
     agents: AgentApi | None = None,
@@ -514,7 +514,7 @@ def create_app(
 ) -> Starlette:
     """The API under /api/v1, and `site` (the status site, `mlsm.web`) under /."""
     agents = agents or AgentApi(store)
-    api = Api(store, on_webhook, webhook_secret, source, agents)
+    api = Api(store, request_sync, webhook_secret, source, agents)
     p = API_PREFIX
     routes: list[BaseRoute] = [
         Route("/healthz", api.healthz),

@@ -26,6 +26,8 @@ from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from mlsm.errors import HttpError
+
 __all__ = [
     "AGENT_BODY",
     "APPLY_BODY",
@@ -49,15 +51,6 @@ APPLY_BODY = 32 * MiB
 """`mlsmctl apply -f`: the files of a manifests repository (1 MiB each at most)."""
 THREAD_PARSE_OVER = 64 * 1024
 """JSON bodies longer than this are parsed in a worker thread."""
-
-
-class HttpError(Exception):
-    """A request refused: the status and the one-line message the caller is shown."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def seconds(params: QueryParams, name: str, *, default: float, high: float) -> float:

@@ -54,7 +54,7 @@ def check_leases(session: Session, leases: Leases, now: dt.datetime | None = Non
         if last_heartbeat_at is None:
             continue
         silent = now - last_heartbeat_at
-        ready = silent <= leases.grace
+        ready = leases.is_ready(last_heartbeat_at, now)
         known = condition(conditions, "Ready") or {}
         if known.get("status") == ("True" if ready else "False") and silent <= leases.lost:
             continue

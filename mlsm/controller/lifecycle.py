@@ -61,6 +61,12 @@ class Leases:
     backoff: dt.timedelta = dt.timedelta(seconds=10)
     backoff_max: dt.timedelta = dt.timedelta(minutes=10)
 
+    def is_ready(self, last_heartbeat_at: dt.datetime | None, now: dt.datetime) -> bool:
+        """The one readiness rule: a node is Ready while its last heartbeat is
+        within the grace period (the lease check writes it as the Ready condition,
+        which the site and `mlsmctl` show)."""
+        return last_heartbeat_at is not None and now - last_heartbeat_at <= self.grace
+
 
 def job_spec(job: Job) -> schemas.TrainingJob | None:
     """The job's stored manifest as a model (defaults filled in), or None when it never

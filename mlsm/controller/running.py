@@ -16,18 +16,18 @@ from pathlib import Path
 
 import anyio
 import uvicorn
-from sqlalchemy.orm.exc import StaleDataError
 
 from mlsm.controller.agents import AgentApi
 from mlsm.controller.api import create_app
-from mlsm.controller.assigning import assign
 from mlsm.controller.capacity import Capacity
-from mlsm.controller.leasing import Leases, check_leases
+from mlsm.controller.leasing import LeaseChanges, Leases, check_leases
 from mlsm.controller.rewinds import check_mark, save_mark
+from mlsm.controller.scheduling import AssignOutcome, assign
 from mlsm.controller.serving import server_config
 from mlsm.controller.sources import DirectorySource, GitSource, ManifestSource
 from mlsm.controller.syncing import Syncer
 from mlsm.store import Store
+from mlsm.store.conflicts import Conflict, retry_on_conflict
 from mlsm.web import create_site
 from mlsm.web.telemetry import Telemetry
 
@@ -95,7 +95,7 @@ class Controller:
         self.agents = AgentApi(
             store,
             capacity=self.capacity,
-            changed=self.request_schedule,
+            request_schedule=self.request_schedule,
             leases=self.leases,
             recheck=settings.recheck_interval,
             token_cache=settings.token_cache,
@@ -113,7 +113,7 @@ class Controller:
         )
         self.app = create_app(
             store,
-            on_webhook=self.request_sync,
+            request_sync=self.request_sync,
             webhook_secret=settings.webhook_secret,
             source=source,
             agents=self.agents,
@@ -217,11 +217,14 @@ class Controller:
     def _schedule_pass(self) -> bool | None:
         """Leases then bindings, in one transaction (a worker thread: no anyio here).
         True when agents should look at their assignments; None to run again."""
-        try:
+
+        def one_pass() -> tuple[LeaseChanges, AssignOutcome]:
             with self.store.write("schedule") as session:
-                lapsed = check_leases(session, self.leases)
-                outcome = assign(session, grace=self.leases.grace)
-        except StaleDataError:  # an agent report changed a row under us
+                return check_leases(session, self.leases), assign(session, grace=self.leases.grace)
+
+        try:
+            lapsed, outcome = retry_on_conflict(one_pass, attempts=2)
+        except Conflict:  # agent reports keep changing rows under it: again at once
             return None
         if outcome.bound:
             log.info(

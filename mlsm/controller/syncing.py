@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
 from mlsm import planning
 from mlsm.controller.applying import apply_plan, stored_objects
@@ -24,6 +23,7 @@ from mlsm.controller.sources import ManifestSource, SourceError
 from mlsm.manifests import Problem
 from mlsm.manifests.parsing import paused_gc
 from mlsm.store import Store, SyncState
+from mlsm.store.conflicts import retry_on_conflict
 from mlsm.store.types import utcnow
 
 __all__ = ["SyncOutcome", "Syncer"]
@@ -126,19 +126,16 @@ class Syncer:
         self.source = source
         self.max_prune_share = max_prune_share
         self.allow_mass_prune = allow_mass_prune
-        self._memo: planning.reconciling.ManifestMemo = {}
+        self._memo: planning.syncing.ManifestMemo = {}
 
     def sync(self, *, force: bool = False) -> SyncOutcome:
         """Bring the store to the source's newest commit. Never raises for a source
         or manifest problem: the outcome (and the sync state) says what went wrong."""
-        with paused_gc():  # a sync makes many small acyclic objects; collections over a
-            for attempt in range(3):  # big heap cost more than the sync itself
-                try:
-                    return self._sync(force=force)
-                except StaleDataError:  # an agent report or the scheduler changed a row
-                    if attempt == 2:  # under us (optimistic concurrency): read again
-                        raise
-        raise AssertionError("unreachable")
+        # A sync makes many small acyclic objects; collections over a big heap cost
+        # more than the sync itself. An agent report or the scheduler may change a
+        # row under it: it reads again.
+        with paused_gc():
+            return retry_on_conflict(lambda: self._sync(force=force), attempts=3, pause=0)
 
     def _sync(self, *, force: bool) -> SyncOutcome:
         started = time.perf_counter()

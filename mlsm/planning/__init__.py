@@ -1,7 +1,15 @@
 """Pure planning: what a sync should change, and where pending jobs run.
 Nothing here imports the database, git, HTTP or containers."""
 
-from mlsm.planning.reconciling import (
+from mlsm.planning.scheduling import (
+    Binding,
+    NodeView,
+    PendingJob,
+    Placement,
+    ScheduleResult,
+    schedule,
+)
+from mlsm.planning.syncing import (
     ALLOW_MASS_PRUNE,
     Action,
     Create,
@@ -17,14 +25,6 @@ from mlsm.planning.reconciling import (
     desired_state,
     plan_sync,
     spec_hash,
-)
-from mlsm.planning.scheduling import (
-    Binding,
-    NodeView,
-    PendingJob,
-    Placement,
-    ScheduleResult,
-    schedule,
 )
 
 __all__ = [

@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlsm import __version__
+from mlsm.errors import HttpError
 from mlsm.store import Store, SyncState
 from mlsm.web import charts, live, pages
 from mlsm.web.access import ReadAccess, Reader
@@ -162,7 +163,7 @@ class Site:
             with self.store.read() as session:
                 context = read(session, *args)
                 if context is None:
-                    raise HTTPException(404, f"{template.removesuffix('.html')} not found")
+                    raise HttpError(404, f"{template.removesuffix('.html')} not found")
                 digest, _ = live.read_state(session, context.get("live_key", ""))
                 return self.env.get_template(template).render(
                     request=request,
@@ -175,7 +176,7 @@ class Site:
         try:
             body = await self.reads(build)
         except pages.BadQuery as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HttpError(400, str(exc)) from None
         return HTMLResponse(body, headers={"cache-control": "no-cache"})
 
     async def overview(self, request: Request) -> Response:
@@ -185,7 +186,7 @@ class Site:
         try:
             query = pages.JobsQuery.parse(request.query_params)
         except pages.BadQuery as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HttpError(400, str(exc)) from None
         return await self.render(request, "jobs.html", pages.jobs_page, query)
 
     async def job(self, request: Request) -> Response:
@@ -217,7 +218,7 @@ class Site:
         def read(session: Any) -> dict[str, Any] | None:
             context = pages.node_page(session, name)
             if context is None:
-                raise HTTPException(404, f"no node named '{name[:63]}'")
+                raise HttpError(404, f"no node named '{name[:63]}'")
             return context
 
         return await self.render(request, "node.html", read)
@@ -232,7 +233,7 @@ class Site:
         try:
             query = pages.EventsQuery.parse(request.query_params)
         except pages.BadQuery as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HttpError(400, str(exc)) from None
         return await self.render(request, "events.html", pages.events_page, query)
 
     async def live(self, request: Request) -> Response:
@@ -277,6 +278,10 @@ class Site:
         return PlainTextResponse("ready\n")
 
     async def error(self, request: Request, exc: Exception) -> Response:
+        """The one error answer: an HttpError raised here, or Starlette's own (no
+        route, a method not allowed)."""
+        if isinstance(exc, HttpError):
+            exc = HTTPException(exc.status, exc.message)
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})
         if request.url.path.startswith("/api/"):  # the API's own shape, under the controller
@@ -360,5 +365,7 @@ def create_site(
             Middleware(ReadAccess, store=store, reads=reads, require_token=require_token),
         ]
     return Starlette(
-        routes=routes, middleware=middleware, exception_handlers={HTTPException: site.error}
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: site.error, HttpError: site.error},
     )

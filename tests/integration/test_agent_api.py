@@ -17,15 +17,15 @@ from sqlalchemy import select
 from mlsm.controller import heartbeats
 from mlsm.controller.agents import FLUSH_SECONDS, AgentApi
 from mlsm.controller.api import create_app
-from mlsm.controller.assigning import assign
 from mlsm.controller.capacity import Capacity
 from mlsm.controller.heartbeats import Identities
+from mlsm.controller.scheduling import assign
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
 from mlsm.store import Job, Node, Run, Store, Token
 from mlsm.store.tokens import token_digest
 from tests.integration.conftest import GitRepo
-from tests.integration.test_assigning import manifest_job, manifest_node
+from tests.integration.test_scheduling import manifest_job, manifest_node
 
 INVENTORY = {"cpus": 8, "memory": 32 << 30, "runtimes": ["venv"],
              "gpus": [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-1"}]}  # fmt: skip

@@ -14,7 +14,7 @@ import httpx
 
 from tests.databases import sqlite_only
 from tests.integration.conftest import GitRepo, wait_for
-from tests.integration.test_assigning import manifest_job, manifest_node
+from tests.integration.test_scheduling import manifest_job, manifest_node
 
 CACHE = 2.0
 INVENTORY = {"cpus": 8, "memory": 32 << 30, "runtimes": ["venv"], "gpus": [{"index": 0}]}

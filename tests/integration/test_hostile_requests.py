@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from mlsm.controller.agents import AgentApi
 from mlsm.controller.api import create_app
-from mlsm.controller.assigning import assign
+from mlsm.controller.scheduling import assign
 from mlsm.controller.serving import server_config
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from mlsm.controller.assigning import assign
 from mlsm.controller.leasing import Leases, check_leases
 from mlsm.controller.lifecycle import report_run, switch_run
+from mlsm.controller.scheduling import assign
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
 from mlsm.schemas.phases import RunPhase
 from mlsm.store import Event, Job, Node, Run, Store
 from tests.integration.conftest import GitRepo
-from tests.integration.test_assigning import manifest_node
+from tests.integration.test_scheduling import manifest_node
 
 LEASES = Leases(grace=dt.timedelta(seconds=20), lost=dt.timedelta(minutes=5))
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)

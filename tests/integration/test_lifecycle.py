@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from mlsm.controller.assigning import assign
 from mlsm.controller.lifecycle import (
     Leases,
     cancel_job,
@@ -22,6 +21,7 @@ from mlsm.controller.lifecycle import (
     lose_run,
     report_run,
 )
+from mlsm.controller.scheduling import assign
 from mlsm.schemas.phases import JobPhase, RunPhase
 from mlsm.store import Job, Node, Run, Store
 from mlsm.store.types import utcnow

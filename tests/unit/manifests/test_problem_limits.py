@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mlsm.manifests import load_bytes
 from mlsm.manifests.parsing import Limits, NodeIndex, Position, locate, parse_bytes
 from mlsm.planning import desired_state, plan_sync
-from mlsm.planning.reconciling import Prune, Stored
+from mlsm.planning.syncing import Prune, Stored
 
 BAD_JOB = """apiVersion: mlsm/v1
 kind: TrainingJob

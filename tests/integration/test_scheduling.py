@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from mlsm.controller.assigning import assign
+from mlsm.controller.scheduling import assign
 from mlsm.controller.sources import open_source
 from mlsm.controller.syncing import Syncer
 from mlsm.store import Event, Job, Node, Run, Store

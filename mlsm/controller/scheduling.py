@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session
 
 from mlsm import planning, schemas
 from mlsm.controller.events import condition, record, set_condition
-from mlsm.controller.lifecycle import job_spec, next_attempt, switch_job
+from mlsm.controller.lifecycle import Leases, job_spec, next_attempt, switch_job
 from mlsm.schemas.phases import JobPhase, RunPhase
 from mlsm.store import Dataset, Job, Node, Run
 from mlsm.store.types import utcnow
 
-__all__ = ["AssignOutcome", "assign", "is_ready"]
+__all__ = ["AssignOutcome", "assign"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +34,6 @@ class AssignOutcome:
     bound: int
     waiting: int
     nodes_touched: frozenset[str]
-
-
-def is_ready(node: Node, now: dt.datetime, grace: dt.timedelta) -> bool:
-    return node.last_heartbeat_at is not None and now - node.last_heartbeat_at <= grace
 
 
 def _present(node: Node, checksums: dict[str, str | None]) -> frozenset[str]:
@@ -137,8 +133,11 @@ def assign(
             select(Dataset).where(Dataset.deleted_at.is_(None), Dataset.generation > 0)
         )
     }
-    views = [_node_view(n, held.get(n.name, []), is_ready(n, now, grace), checksums)
-             for n in nodes]  # fmt: skip
+    leases = Leases(grace=grace)
+    views = [
+        _node_view(n, held.get(n.name, []), leases.is_ready(n.last_heartbeat_at, now), checksums)
+        for n in nodes
+    ]
     result = planning.schedule([_pending_view(j, s) for j, s in pending], views,
                                gpus_in_use=in_use)  # fmt: skip
     jobs = {job.name: job for job, _ in pending}
