@@ -87,9 +87,7 @@ def _node_view(
 def _pending_view(job: Job, spec: schemas.TrainingJob) -> planning.PendingJob:
     s = spec.spec
     runtime = "docker" if s.runtime.docker is not None else "venv"
-    tolerations = frozenset(
-        (t.key, "" if t.operator == "Exists" else t.value) for t in s.tolerations
-    )
+    tolerations = frozenset((t.key, t.operator, t.value) for t in s.tolerations)
     return planning.PendingJob(
         name=job.name, owner=job.owner, priority=s.priority,
         submitted=job.created_at.timestamp(), gpus=s.resources.gpus, cpu=s.resources.cpu,

@@ -6,7 +6,13 @@ validated against `mlsm.schemas`, located to file:line:col, and cross-checked.
         print(problem)          # jobs/vit.yaml:14:7: error: TrainingJob/vit: spec...
 """
 
-from mlsm.manifests.crosschecking import Facts, cross_check, facts_of, node_rejects
+from mlsm.manifests.crosschecking import (
+    Facts,
+    cross_check,
+    facts_of,
+    never_takes,
+    node_rejects,
+)
 from mlsm.manifests.loading import (
     MANIFEST_SUFFIXES,
     GitTreeCache,
@@ -43,5 +49,6 @@ __all__ = [
     "load_bytes",
     "load_git_tree",
     "load_paths",
+    "never_takes",
     "node_rejects",
 ]

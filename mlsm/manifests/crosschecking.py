@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from mlsm import schemas
@@ -26,7 +26,9 @@ __all__ = [
     "NodeFacts",
     "cross_check",
     "facts_of",
+    "never_takes",
     "node_rejects",
+    "tolerates",
 ]
 
 
@@ -167,20 +169,62 @@ def _undefined(kind: str, name: str, defined: Sequence[str]) -> str:
     return f"{kind} '{name}' is not defined in the manifests checked{hint}{where}"
 
 
+Toleration = tuple[str, str, str]
+"""(key, operator, value): operator Exists (any value) or Equal."""
+
+
+def tolerates(tolerations: Iterable[Toleration], taint: tuple[str, str]) -> bool:
+    key, value = taint
+    return any(
+        t_key == key and (operator == "Exists" or t_value == value)
+        for t_key, operator, t_value in tolerations
+    )
+
+
+def never_takes(
+    *,
+    labels: Mapping[str, str],
+    runtimes: Iterable[str],
+    no_schedule: Iterable[tuple[str, str]],
+    selector: Iterable[tuple[str, str]],
+    runtime: str,
+    tolerations: Iterable[Toleration],
+) -> tuple[str, str] | None:
+    """The one "can this node ever run this job" check, on what the manifests say
+    (labels, allowed runtimes, NoSchedule taints against the job's selector, runtime
+    and tolerations); nothing that changes at run time. (what, detail) of the first
+    reason it never can: ('selector', 'k=v'), ('runtime', name) or ('taint', 'k=v');
+    None when it can. The cross-checks and the scheduler word it each their way."""
+    for key, value in selector:
+        if labels.get(key) != value:
+            return "selector", f"{key}={value}"
+    if runtime not in set(runtimes):
+        return "runtime", runtime
+    tolerations = list(tolerations)
+    for taint in no_schedule:
+        if not tolerates(tolerations, taint):
+            return "taint", f"{taint[0]}={taint[1]}"
+    return None
+
+
 def node_rejects(node: NodeFacts, job: JobFacts) -> str | None:
     """Why `node` can never take `job` (static reasons only), or None when it can."""
-    for key, value in job.selector:
-        if node.labels.get(key) != value:
-            return f"lack label {key}={value}"
-    if job.runtime not in node.runtimes:
-        return f"do not allow runtime {job.runtime}"
-    for key, value in node.no_schedule_taints:
-        if not any(
-            t_key == key and (operator == "Exists" or t_value == value)
-            for t_key, operator, t_value in job.tolerations
-        ):
-            return f"have taint {key}={value}:NoSchedule that the job does not tolerate"
-    return None
+    found = never_takes(
+        labels=node.labels,
+        runtimes=node.runtimes,
+        no_schedule=node.no_schedule_taints,
+        selector=job.selector,
+        runtime=job.runtime,
+        tolerations=job.tolerations,
+    )
+    if found is None:
+        return None
+    what, detail = found
+    if what == "selector":
+        return f"lack label {detail}"
+    if what == "runtime":
+        return f"do not allow runtime {detail}"
+    return f"have taint {detail}:NoSchedule that the job does not tolerate"
 
 
 class _Match(NamedTuple):

@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mlsm.manifests.crosschecking import never_takes
+
 __all__ = ["Binding", "NodeView", "PendingJob", "Placement", "ScheduleResult", "schedule"]
 
 
@@ -55,8 +57,8 @@ class PendingJob:
     memory: int | None = None
     selector: Mapping[str, str] = field(default_factory=dict)
     runtime: str = "venv"
-    tolerations: frozenset[tuple[str, str]] = frozenset()
-    """(key, value) pairs tolerated; value '' tolerates every value of the key."""
+    tolerations: frozenset[tuple[str, str, str]] = frozenset()
+    """(key, operator, value) tolerated: operator Exists tolerates every value."""
     dataset: str | None = None
     nodes: int = 1
 
@@ -87,9 +89,13 @@ class _Free:
     memory: int | None
 
 
-def _tolerates(job: PendingJob, taint: tuple[str, str]) -> bool:
-    key, value = taint
-    return (key, value) in job.tolerations or (key, "") in job.tolerations
+_NEVER = {
+    "selector": "didn't match the node selector",
+    "taint": "had a taint the job doesn't tolerate",
+    "runtime": "no {} runtime",
+}
+"""How the scheduler words the static refusals (`manifests.never_takes`), counted
+per reason across nodes ("0/3 nodes available: 2 didn't match the node selector")."""
 
 
 def _refusal(job: PendingJob, node: NodeView, free: _Free) -> str | None:
@@ -98,12 +104,16 @@ def _refusal(job: PendingJob, node: NodeView, free: _Free) -> str | None:
         return "not ready"
     if node.unschedulable:
         return "unschedulable"
-    if any(node.labels.get(k) != v for k, v in job.selector.items()):
-        return "didn't match the node selector"
-    if any(not _tolerates(job, taint) for taint in node.no_schedule):
-        return "had a taint the job doesn't tolerate"
-    if job.runtime not in node.runtimes:
-        return f"no {job.runtime} runtime"
+    never = never_takes(
+        labels=node.labels,
+        runtimes=node.runtimes,
+        no_schedule=node.no_schedule,
+        selector=job.selector.items(),
+        runtime=job.runtime,
+        tolerations=job.tolerations,
+    )
+    if never is not None:
+        return _NEVER[never[0]].format(never[1])
     if job.dataset is not None and job.dataset not in node.datasets:
         return f"lacks dataset {job.dataset}"
     if len(free.gpus) < job.gpus:

@@ -55,7 +55,7 @@ def placed(result: Any) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
                      [node("n1", runtimes=frozenset({"venv"})), node("n2", unschedulable=True)], {},
                      {"a": "0/2 nodes available: 1 no docker runtime, 1 unschedulable"},
                      id="runtime-and-cordon"),
-        pytest.param([job("a", 0), job("b", 0, tolerations=frozenset({("gpu", "")}))],
+        pytest.param([job("a", 0), job("b", 0, tolerations=frozenset({("gpu", "Exists", "")}))],
                      [node("n1", no_schedule=frozenset({("gpu", "only")}))],
                      {"b": [("n1", ())]},
                      {"a": "0/1 nodes available: 1 had a taint the job doesn't tolerate"},
