@@ -12,7 +12,6 @@ Errors are one line and exit 1; never a traceback unless MLSM_DEBUG=1.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +23,7 @@ from mlsm import __version__
 from mlsm.agent.client import ControllerClient
 from mlsm.agent.running import Agent
 from mlsm.agent.settings import load_settings
-from mlsm.errors import UserError
+from mlsm.commands import run_command
 
 __all__ = ["app", "entry", "main"]
 
@@ -102,23 +101,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        app(args=argv, prog_name="mlsm-agent")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except UserError as exc:
-        typer.echo(f"mlsm-agent: error: {exc}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if os.environ.get("MLSM_DEBUG"):
-            raise
-        typer.echo(f"mlsm-agent: internal error: {type(exc).__name__}: {exc}\nThis is a bug "
-                   "in mlsm; rerun with MLSM_DEBUG=1 for the traceback and report it.",
-                   err=True)  # fmt: skip
-        return 70
-    return 0
+    return run_command(app, "mlsm-agent", argv)
 
 
 def entry() -> None:

@@ -42,6 +42,7 @@ from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject
 from mlsm.store.outputs import read_log, read_metrics
 from mlsm.store.tokens import token_role
 from mlsm.web.access import ReadAccess, bearer
+from mlsm.web.pages import find_object
 from mlsm.web.telemetry import Telemetry, TimedRequests
 
 __all__ = ["API_PREFIX", "create_app", "object_json"]
@@ -271,10 +272,7 @@ class Api:
     def _get_object(self, kind: str, name: str) -> dict[str, Any]:
         model = OBJECT_MODELS[kind]
         with self.store.read() as session:
-            row = session.scalars(
-                select(model).where(model.name == name)
-                .order_by(model.deleted_at.is_not(None), model.id.desc()).limit(1)
-            ).first()  # fmt: skip
+            row = find_object(session, model, name)
             if row is None:
                 raise HttpError(404, f"{kind}/{name} not found")
             events = list(session.scalars(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import typer
 from sqlalchemy import select
 
 from mlsm import __version__
+from mlsm.commands import listen_address, run_command
 from mlsm.controller.running import Controller, Settings
 from mlsm.controller.sources import SourceError, open_source
 from mlsm.errors import UserError
@@ -68,13 +68,6 @@ DatabaseOption = Annotated[
 @app.callback()
 def _root(version: VersionOption = False) -> None:
     """The mlsm controller."""
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UserError(f"--listen '{value}' must be HOST:PORT, e.g. 127.0.0.1:8470")
-    return host or "127.0.0.1", int(port)
 
 
 @app.command()
@@ -224,7 +217,7 @@ def run(
     version: VersionOption = False,
 ) -> None:
     """Follow the branch, reconcile it into the database, and serve the API."""  # fmt: skip
-    host, port = _listen(listen)
+    host, port = listen_address(listen, example="127.0.0.1:8470")
     settings = Settings(
         repo=repo, branch=branch, path=path, database_url=database_url, host=host, port=port,
         poll_interval=poll_interval, webhook_secret=webhook_secret, state_dir=state_dir,
@@ -318,23 +311,7 @@ def list_tokens(database_url: DatabaseOption = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        app(args=argv, prog_name="mlsm-controller")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except UserError as exc:
-        typer.echo(f"mlsm-controller: error: {exc}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if os.environ.get("MLSM_DEBUG"):
-            raise
-        typer.echo(f"mlsm-controller: internal error: {type(exc).__name__}: {exc}\nThis is a bug "
-                   "in mlsm; rerun with MLSM_DEBUG=1 for the traceback and report it.",
-                   err=True)  # fmt: skip
-        return 70
-    return 0
+    return run_command(app, "mlsm-controller", argv)
 
 
 def entry() -> None:

@@ -12,7 +12,6 @@ at once). Errors are one line and exit 1.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Annotated
 
@@ -20,7 +19,7 @@ import typer
 import uvicorn
 
 from mlsm import __version__
-from mlsm.errors import UserError
+from mlsm.commands import listen_address, run_command
 from mlsm.store import Store
 from mlsm.web.site import create_site
 
@@ -40,13 +39,6 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"mlsm-web {__version__}")
         raise typer.Exit()
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UserError(f"--listen '{value}' must be HOST:PORT, e.g. 127.0.0.1:8471")
-    return host or "127.0.0.1", int(port)
 
 
 @app.command()
@@ -87,7 +79,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the status site."""
-    host, port = _listen(listen)
+    host, port = listen_address(listen, example="127.0.0.1:8471")
     store = Store.open(database_url)
     store.check_migrated()
     site = create_site(store, live_interval=live_interval, access=True, require_token=require_token)
@@ -105,25 +97,7 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        app(args=argv, prog_name="mlsm-web")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except UserError as exc:
-        typer.echo(f"mlsm-web: error: {exc}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if os.environ.get("MLSM_DEBUG"):
-            raise
-        typer.echo(
-            f"mlsm-web: internal error: {type(exc).__name__}: {exc}\nThis is a bug in "
-            "mlsm; rerun with MLSM_DEBUG=1 for the traceback and report it.",
-            err=True,
-        )
-        return 70
-    return 0
+    return run_command(app, "mlsm-web", argv)
 
 
 def entry() -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from mlsm import scores
+from mlsm.errors import HttpError
 from mlsm.manifests import dump_yaml
 from mlsm.schemas.phases import JobPhase, RunPhase
 from mlsm.store import Dataset, Event, Job, Node, Run, StoredObject, SyncState
@@ -31,7 +32,12 @@ __all__ = [
     "BadQuery",
     "datasets_page",
     "events_page",
+    "find_object",
+    "gpu_count",
+    "gpus_in_use",
+    "is_ready",
     "job_page",
+    "jobs_by_phase",
     "jobs_page",
     "node_page",
     "nodes_page",
@@ -55,8 +61,11 @@ JOB_SORTS = {
 }
 
 
-class BadQuery(ValueError):
-    """A query parameter the page cannot use: shown as a 400 naming it."""
+class BadQuery(HttpError):
+    """A query parameter the page cannot use: a 400 that names it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
 
 
 # -- shared ------------------------------------------------------------------------
@@ -165,20 +174,25 @@ def decode_cursor(raw: str, kinds: list[type]) -> list[Any]:
 # -- overview ----------------------------------------------------------------------
 
 
+def jobs_by_phase(session: Session) -> dict[str, int]:
+    """Live jobs per phase, every phase listed (in lifecycle order)."""
+    counts = {str(p): 0 for p in JobPhase}
+    query = select(Job.phase, func.count()).where(Job.deleted_at.is_(None)).group_by(Job.phase)
+    for phase, count in session.execute(query):
+        counts[phase] = count
+    return counts
+
+
+def gpus_in_use(session: Session) -> int:
+    """GPUs bound to active runs, over the whole fleet."""
+    active = select(Run.gpus).where(Run.phase.in_(RunPhase.active_phases()))
+    return sum(len(gpus) for gpus in session.scalars(active) if isinstance(gpus, list))
+
+
 def overview_page(session: Session) -> dict[str, Any]:
-    by_phase = {str(p): 0 for p in JobPhase}
-    for phase, count in session.execute(
-        select(Job.phase, func.count()).where(Job.deleted_at.is_(None)).group_by(Job.phase)
-    ):
-        by_phase[phase] = count
+    by_phase = jobs_by_phase(session)
     nodes = list(session.scalars(_live(select(Node), Node).order_by(Node.name)))
-    used = sum(
-        len(gpus)
-        for (gpus,) in session.execute(
-            select(Run.gpus).where(Run.phase.in_(RunPhase.active_phases()))
-        )
-        if isinstance(gpus, list)
-    )
+    used = gpus_in_use(session)
     total = sum(gpu_count(n) for n in nodes)
     running = list(
         session.scalars(
@@ -310,7 +324,8 @@ def jobs_page(session: Session, query: JobsQuery) -> dict[str, Any]:
 
 
 def find_object(session: Session, model: type[StoredObject], name: str) -> Any:
-    """The live object of that name, else its latest deleted incarnation, else None."""
+    """The live object of that name, else its latest deleted incarnation, else None
+    (the site's pages and the read API's `GET /{kind}/{name}`)."""
     return session.scalars(
         select(model)
         .where(model.name == name)

@@ -173,20 +173,14 @@ class Site:
                     **context,
                 )
 
-        try:
-            body = await self.reads(build)
-        except pages.BadQuery as exc:
-            raise HttpError(400, str(exc)) from None
+        body = await self.reads(build)
         return HTMLResponse(body, headers={"cache-control": "no-cache"})
 
     async def overview(self, request: Request) -> Response:
         return await self.render(request, "overview.html", pages.overview_page)
 
     async def jobs(self, request: Request) -> Response:
-        try:
-            query = pages.JobsQuery.parse(request.query_params)
-        except pages.BadQuery as exc:
-            raise HttpError(400, str(exc)) from None
+        query = pages.JobsQuery.parse(request.query_params)
         return await self.render(request, "jobs.html", pages.jobs_page, query)
 
     async def job(self, request: Request) -> Response:
@@ -197,7 +191,7 @@ class Site:
         def read(session: Any) -> dict[str, Any] | None:
             context = pages.job_page(session, name, run, log=not parts)
             if context is None:
-                raise HTTPException(
+                raise HttpError(
                     404,
                     f"no job named '{name[:63]}': if it was merged, "
                     "the Syncs page says why it was not created",
@@ -230,10 +224,7 @@ class Site:
         return await self.render(request, "syncs.html", pages.syncs_page)
 
     async def events(self, request: Request) -> Response:
-        try:
-            query = pages.EventsQuery.parse(request.query_params)
-        except pages.BadQuery as exc:
-            raise HttpError(400, str(exc)) from None
+        query = pages.EventsQuery.parse(request.query_params)
         return await self.render(request, "events.html", pages.events_page, query)
 
     async def live(self, request: Request) -> Response:

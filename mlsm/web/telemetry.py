@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlsm.schemas.phases import JobPhase, RunPhase
-from mlsm.store import Job, Node, Run, Store, SyncState
+from mlsm.store import Node, Store, SyncState
+from mlsm.web import pages
 
 __all__ = ["CONTENT_TYPE", "Telemetry", "TimedRequests"]
 
@@ -68,37 +67,20 @@ class _StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.store.read() as session:
-            phases = {str(p): 0 for p in JobPhase}
-            phases.update(
-                session.execute(
-                    select(Job.phase, func.count())
-                    .where(Job.deleted_at.is_(None))
-                    .group_by(Job.phase)
-                ).all()
-            )
-            nodes = session.execute(
-                select(Node.conditions, Node.inventory, Node.manifest).where(
-                    Node.deleted_at.is_(None)
-                )
-            ).all()
-            allocated = sum(
-                len(g)
-                for (g,) in session.execute(
-                    select(Run.gpus).where(Run.phase.in_(RunPhase.active_phases()))
-                )
-                if isinstance(g, list)
-            )
+            phases = pages.jobs_by_phase(session)
+            nodes = list(session.scalars(select(Node).where(Node.deleted_at.is_(None))))
+            ready = sum(1 for n in nodes if pages.is_ready(n))
+            total = sum(pages.gpu_count(n) for n in nodes)
+            allocated = pages.gpus_in_use(session)
             syncs = session.execute(select(SyncState.source, SyncState.status)).all()
         jobs = GaugeMetricFamily("mlsm_jobs", "Jobs by phase", labels=["phase"])
         for phase, count in phases.items():
             jobs.add_metric([phase], count)
         yield jobs
-        ready = sum(1 for conditions, _, _ in nodes if _ready(conditions))
         node_family = GaugeMetricFamily("mlsm_nodes", "Nodes by readiness", labels=["ready"])
         node_family.add_metric(["true"], ready)
         node_family.add_metric(["false"], len(nodes) - ready)
         yield node_family
-        total = sum(_gpus(inventory, manifest) for _, inventory, manifest in nodes)
         gpus = GaugeMetricFamily("mlsm_gpus", "GPUs by state", labels=["state"])
         gpus.add_metric(["allocated"], allocated)
         gpus.add_metric(["free"], max(total - allocated, 0))
@@ -109,18 +91,6 @@ class _StoreCollector(Collector):
         for source, status in syncs:
             failing.add_metric([source], 1 if status == "Failed" else 0)
         yield failing
-
-
-def _ready(conditions: Any) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions or [])
-
-
-def _gpus(inventory: Any, manifest: Any) -> int:
-    reported = (inventory or {}).get("gpus")
-    if isinstance(reported, list):
-        return len(reported)
-    spec = (manifest or {}).get("spec") or {}
-    return int((spec.get("capacity") or {}).get("gpus") or 0)
 
 
 def route_of(path: str) -> str | None:
