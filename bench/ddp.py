@@ -31,7 +31,9 @@ RATE = re.compile(r"\| (\d+) samples/s \|")
 def run(config: Path, processes: int) -> float:
     argv = [sys.executable, "-m", "mlsm.training", "--config", str(config)]
     if processes > 1:
-        argv = torchrun(argv, processes=processes, python=sys.executable)
+        argv = torchrun(
+            argv, processes=processes, python=sys.executable, log_dir=str(config.parent / "ranks")
+        )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(max(1, 2 // processes))}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -69,8 +69,8 @@ def wait(check: Callable[[], Any], timeout: float = 120.0, step: float = 0.005) 
         time.sleep(step)
 
 
-def job(name: str, command: list[str], image: str | None = None) -> str:
-    runtime = f"{{docker: {{image: '{image}'}}}}" if image else "{venv: {python: '3'}}"
+def job(name: str, command: list[str], image: str | None = None, python: str = "3") -> str:
+    runtime = f"{{docker: {{image: '{image}'}}}}" if image else f"{{venv: {{python: '{python}'}}}}"
     return (f"apiVersion: mlsm/v1\nkind: TrainingJob\nmetadata: {{name: {name}, owner: ada}}\n"
             f"spec:\n  runtime: {runtime}\n"
             f"  command: {json.dumps(command)}\n"
@@ -78,10 +78,15 @@ def job(name: str, command: list[str], image: str | None = None) -> str:
 
 
 class Harness:
+    """`nodes`: how many nodes (n1, n2, ...), each with its own agent and storage root
+    (`storage`, then `storage-n2`, ...), all on loopback."""
+
     def __init__(self, tmp: Path, *, database_url: str | None = None, webhook: bool = True,
-                 agent: bool = True) -> None:  # fmt: skip
+                 agent: bool = True, nodes: int = 1) -> None:  # fmt: skip
         self.tmp, self.webhook, self.with_agent = tmp, webhook, agent
         self.repo, self.storage = tmp / "repo", tmp / "storage"
+        self.nodes = [f"n{i}" for i in range(1, nodes + 1)]
+        self.agents: list[subprocess.Popen[bytes]] = []
         self.database = database_url or f"sqlite:///{tmp / 'mlsm.db'}"
         self.port = free_port()
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
@@ -90,7 +95,8 @@ class Harness:
 
     def __enter__(self) -> Harness:
         (self.repo / "nodes").mkdir(parents=True)
-        (self.repo / "nodes" / "n1.yaml").write_text(NODE)
+        for node in self.nodes:
+            (self.repo / "nodes" / f"{node}.yaml").write_text(NODE.replace("n1", node))
         git(self.repo, "init", "-q", "-b", "main")
         git(self.repo, "add", "-A")
         git(self.repo, "commit", "-qm", "node")
@@ -101,40 +107,58 @@ class Harness:
              "--state-dir", str(self.tmp / "state"), "--poll-interval", "600", *flags],
             stdout=(self.tmp / "controller.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait(lambda: self.client.get("/api/v1/nodes/n1").status_code == 200)
+        wait(lambda: all(self.client.get(f"/api/v1/nodes/{n}").status_code == 200
+                         for n in self.nodes))  # fmt: skip
         if self.with_agent:
-            self.start_agent()
+            for node in self.nodes:
+                self.start_agent(node)
         return self
 
-    def start_agent(self) -> subprocess.Popen[bytes]:
+    def storage_of(self, node: str) -> Path:
+        return self.storage if node == "n1" else self.tmp / f"storage-{node}"
+
+    def start_agent(self, node: str = "n1") -> subprocess.Popen[bytes]:
         token = subprocess.run(
             [sys.executable, "-m", "mlsm.controller", "token", "issue", "--role", "node",
-             "--node", "n1", "--database-url", self.database],
+             "--node", node, "--database-url", self.database],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
-        (self.tmp / "token").write_text(token)
+        suffix = "" if node == "n1" else f"-{node}"
+        (self.tmp / f"token{suffix}").write_text(token)
         (self.tmp / "gpus.json").write_text("[]")
-        self.agent = subprocess.Popen(
+        agent = subprocess.Popen(
             [sys.executable, "-m", "mlsm.agent", "run", "--controller", str(self.client.base_url),
-             "--node", "n1", "--token-file", str(self.tmp / "token"), "--storage-root",
-             str(self.storage), "--gpus-file", str(self.tmp / "gpus.json")],
-            stdout=(self.tmp / "agent.log").open("wb"), stderr=subprocess.STDOUT,
+             "--node", node, "--token-file", str(self.tmp / f"token{suffix}"), "--storage-root",
+             str(self.storage_of(node)), "--gpus-file", str(self.tmp / "gpus.json"),
+             "--advertise-address", "127.0.0.1"],
+            stdout=(self.tmp / f"agent{suffix}.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-        return self.agent
+        self.agents.append(agent)
+        if node == "n1":
+            self.agent = agent
+        return agent
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:  # fmt: skip
-        for process in (self.agent, self.controller):
+        for process in (*self.agents, self.controller):
             if process is not None:
                 process.terminate()
                 process.wait(10)
         self.client.close()
 
-    def commit_job(self, name: str, command: list[str], image: str | None = None) -> float:
+    def commit_job(
+        self,
+        name: str,
+        command: list[str],
+        image: str | None = None,
+        extra: str = "",
+        python: str = "3",
+    ) -> float:
         """Commit a job (and send the webhook); the wall-clock time before the commit.
-        `image`: a docker job in that image (else a venv job)."""
+        `image`: a docker job in that image (else a venv job); `extra`: more of its
+        spec, as YAML lines."""
         (self.repo / "jobs").mkdir(exist_ok=True)
-        (self.repo / "jobs" / f"{name}.yaml").write_text(job(name, command, image))
+        (self.repo / "jobs" / f"{name}.yaml").write_text(job(name, command, image, python) + extra)
         git(self.repo, "add", "-A")
         before = time.time()
         git(self.repo, "commit", "-qm", f"add {name}")

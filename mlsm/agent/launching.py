@@ -7,7 +7,15 @@ for a venv job, the mount's target in a container), so both runtimes give a job 
 same contract:
 
     MLSM_RUN_ID, MLSM_JOB, MLSM_RUN_DIR (the working directory), MLSM_OUTPUT_DIR,
-    MLSM_METRICS_FILE, MLSM_DATASET_DIR (with spec.dataset), and spec.env.
+    MLSM_METRICS_FILE, MLSM_DATASET_DIR (with spec.dataset), and spec.env;
+    MLSM_GPUS, MLSM_NODE_RANK, MLSM_NUM_NODES, MLSM_PROCESSES_PER_NODE, and for a
+    job on several nodes MLSM_RENDEZVOUS (host:port of node rank 0).
+
+A job under torchrun (`spec.launcher`, or the trainer with several GPUs) runs one
+process per GPU (or `processesPerNode`); on one node with a standalone rendezvous,
+on several with the c10d rendezvous of `rendezvous.Meeting`. Each process's lines
+reach the run's log prefixed `[rankK]: ` (and its own file under ranks/ in the run
+folder), so `mlsmctl logs --rank K` reads one process.
 
 A built-in trainer job gets its config (spec.trainer with those folders filled in)
 written into the run folder, and the command that runs it.
@@ -23,9 +31,11 @@ from typing import Any
 from mlsm import schemas
 from mlsm.agent.datasets import resolve_under
 from mlsm.agent.records import RunFolder
+from mlsm.agent.rendezvous import Meeting
 from mlsm.agent.runtimes import Launch, Mount, Runtime, StartFailed
+from mlsm.ranks import RANK_PREFIX
 
-__all__ = ["RUN_DIR", "launch_for", "output_dir", "run_dir", "runtime_of"]
+__all__ = ["RUN_DIR", "launch_for", "output_dir", "run_dir", "runtime_of", "torchrun"]
 
 RUN_DIR, OUTPUT_DIR, DATASET_DIR, MODEL_DIR = (
     "/mlsm/run",
@@ -59,9 +69,10 @@ def launch_for(
     runtime: Runtime,
     catalog: Mapping[str, Mapping[str, str]],
     busy_cpus: Iterable[int] = (),
+    meeting: Meeting | None = None,
 ) -> Launch:
     """The run's launch (raises StartFailed when a folder it needs is not here, and
-    ValueError when its spec cannot be read)."""
+    ValueError when its spec cannot be read). `meeting`: for a job on several nodes."""
     spec = schemas.TrainingJobSpec.model_validate(assignment.get("spec", {}))
     job = str(assignment.get("job", "?"))
     folder = RunFolder(run_dir(root, run))
@@ -105,15 +116,19 @@ def launch_for(
     visible = gpus if runtime.name == "venv" else list(range(len(gpus)))
     env.update(
         MLSM_GPUS=",".join(map(str, visible)),
-        MLSM_NODE_RANK="0",
+        MLSM_NODE_RANK=str(meeting.rank if meeting else 0),
         MLSM_NUM_NODES=str(spec.nodes),
         MLSM_PROCESSES_PER_NODE=str(spec.processes if spec.under_torchrun else 1),
     )
+    if meeting is not None:
+        env["MLSM_RENDEZVOUS"] = meeting.endpoint
     argv = list(spec.command or [])
     if spec.trainer is not None:
         argv = _trainer(spec.trainer, root, folder, mounts, runtime, env)
     if spec.under_torchrun:
-        argv = torchrun(argv, processes=spec.processes, python=_python(runtime))
+        env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX
+        argv = torchrun(argv, processes=spec.processes, python=_python(runtime),
+                        log_dir=_inside(env["MLSM_RUN_DIR"], "ranks"), meeting=meeting)  # fmt: skip
     venv, docker = spec.runtime.venv, spec.runtime.docker
     return Launch(
         run=run,
@@ -132,7 +147,9 @@ def launch_for(
         system_site_packages=venv.system_site_packages if venv else False,
         image=docker.image if docker else None,
         trainer=spec.trainer is not None,
+        torchrun=spec.under_torchrun,
         labels={"mlsm.run": run, "mlsm.job": job, "mlsm.node": node},
+        host_network=meeting is not None,
     )
 
 
@@ -145,15 +162,35 @@ RANK_DEVICE = (
 the job's (a CPU job's processes see none, as before)."""
 
 
-def torchrun(argv: list[str], *, processes: int, python: str) -> list[str]:
-    """`argv` as `processes` processes on this node under torchrun (a standalone
-    rendezvous on a free local port), each through `RANK_DEVICE`."""
+def torchrun(
+    argv: list[str],
+    *,
+    processes: int,
+    python: str,
+    log_dir: str,
+    meeting: Meeting | None = None,
+) -> list[str]:
+    """`argv` as `processes` processes on this node under torchrun, each through
+    `RANK_DEVICE`: with a standalone rendezvous on a free local port, or with
+    `meeting`, the c10d rendezvous of a job on several nodes. Each process's output
+    is teed to its file under `log_dir` and to the run's log, prefixed by its rank."""
+    if meeting is None:
+        where = ["--standalone"]
+    else:
+        conf = f"is_host={int(meeting.rank == 0)},join_timeout={meeting.timeout:g}," \
+               f"read_timeout={meeting.timeout:g}"  # fmt: skip
+        where = [f"--nnodes={meeting.nodes}", "--rdzv-backend=c10d",
+                 f"--rdzv-endpoint={meeting.endpoint}", f"--rdzv-id={meeting.id}",
+                 f"--rdzv-conf={conf}", f"--local-addr={meeting.address}"]  # fmt: skip
     return [
         python,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *where,
         f"--nproc-per-node={processes}",
+        "--max-restarts=0",
+        f"--log-dir={log_dir}",
+        "--tee=3",
         "--no-python",
         "/bin/sh",
         "-c",

@@ -73,6 +73,11 @@ def run(
                                                         "instead of NVML/nvidia-smi.")] = None,
     stop_runs_on_exit: Annotated[bool | None, _opt("stop-runs-on-exit", "Stop the runs when "
                                                    "the agent stops.")] = None,
+    advertise_address: Annotated[str | None, _opt("advertise-address", "The address other "
+                                 "nodes reach this one at (multi-node jobs; default: the "
+                                 "one that reaches the controller).")] = None,
+    rendezvous_timeout: Annotated[float | None, _opt("rendezvous-timeout", "Seconds a "
+                                  "multi-node job's ranks wait for one another.")] = None,
 ) -> None:  # fmt: skip
     """Run the agent until interrupted."""
     settings = load_settings(config, {
@@ -80,6 +85,7 @@ def run(
         "storage_root": storage_root, "state_dir": state_dir,
         "heartbeat_interval": heartbeat_interval, "stop_grace": stop_grace,
         "gpus_file": gpus_file, "stop_runs_on_exit": stop_runs_on_exit,
+        "advertise_address": advertise_address, "rendezvous_timeout": rendezvous_timeout,
     })  # fmt: skip
     token = settings.read_token()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",

@@ -90,10 +90,24 @@ class LocalRun:
     """The runtime's, once the run has started or been adopted."""
     cancelled: bool = False
     record: RunRecord | None = None
+    rendezvous: str = ""
+    """host:port its ranks meet at, when this node hosts a multi-node job's rendezvous."""
 
     @property
     def job(self) -> str:
         return str(self.assignment.get("job", "?"))
+
+    @property
+    def nodes(self) -> int:
+        """How many nodes its job spans (one run on each)."""
+        nodes = self.assignment.get("nodes", 1)
+        return nodes if isinstance(nodes, int) and nodes > 0 else 1
+
+    @property
+    def rank(self) -> int:
+        """Its node rank among them."""
+        rank = self.assignment.get("rank", 0)
+        return rank if isinstance(rank, int) and rank >= 0 else 0
 
 
 @dataclass

@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,7 +39,14 @@ from mlsm.agent.gpus import Gpu, discover_gpus
 from mlsm.agent.inventory import host_inventory
 from mlsm.agent.launching import launch_for, output_dir, runtime_of
 from mlsm.agent.reconciling import Outcome
-from mlsm.agent.records import LocalRun, RunRecord
+from mlsm.agent.records import LocalRun, RunFolder, RunRecord
+from mlsm.agent.rendezvous import (
+    Meeting,
+    RendezvousTimeout,
+    advertise_address,
+    failed_to_meet,
+    reserve_port,
+)
 from mlsm.agent.runtimes import Runtime, StartError
 from mlsm.agent.settings import AgentSettings
 from mlsm.agent.shipping import Shipper
@@ -105,6 +113,8 @@ class Agent:
         self.done: dict[str, None] = {}  # insertion-ordered set, oldest dropped first
         self.stop: set[str] = set()
         self.catalog: dict[str, dict[str, str]] = {}
+        self.address = settings.advertise_address or ""
+        """Where other nodes reach this one (a multi-node job's rendezvous)."""
         self._scanned: dict[str, ScanResult] = {}
         self._scanned_catalog: dict[str, dict[str, str]] | None = None
         self._scanned_at = 0.0
@@ -120,6 +130,11 @@ class Agent:
     async def run(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.settings.state.mkdir(parents=True, exist_ok=True)
+        if not self.address:
+            self.address = await anyio.to_thread.run_sync(
+                advertise_address, self.settings.controller
+            )
+        log.info("node %s: advertise address %s", self.settings.node, self.address)
         if self.gpus is None:
             gpus, source = await anyio.to_thread.run_sync(discover_gpus, self.settings.gpus_file)
             log.info("node %s: %d GPU(s) (%s)", self.settings.node, len(gpus), source)
@@ -244,13 +259,14 @@ class Agent:
             self._scanned, self._scanned_catalog, self._scanned_at = scanned, self.catalog, now
         offered = [name for name, problem in self.offered.items() if problem is None]
         missing = {name: problem for name, problem in self.offered.items() if problem is not None}
-        return host_inventory(
+        found = host_inventory(
             self.root,
             gpus=self.gpus or [],
             runtimes=offered,
             datasets=self._scanned,
             missing=missing,
         )
+        return {**found, "address": self.address}
 
     async def _assignment_loop(self) -> None:
         backoff = Backoff(0.5, 10.0)
@@ -308,6 +324,8 @@ class Agent:
             if run.handle is None or run.observed.state != "running":
                 continue
             outcome = run.handle.poll()
+            if outcome is not None and outcome.phase == "Failed" and run.nodes > 1:
+                outcome = self._met_or_not(run, outcome)
             if outcome is not None:
                 run.observed = replace(run.observed, state="exited", outcome=outcome)
                 log.info(
@@ -328,6 +346,10 @@ class Agent:
                 assert self._tasks is not None
                 assignment = self.desired[run_id]
                 run = LocalRun(run_id, assignment, runtime=runtime_of(assignment))
+                if run.nodes > 1 and run.rank == 0:  # this node hosts the rendezvous
+                    run.rendezvous = str(assignment.get("rendezvous") or "") or (
+                        f"{self.address}:{reserve_port(self.address)}"
+                    )
                 self.runs[run_id] = run
                 log.info("run %s of job %s: starting (%s)", run_id[:8], run.job, run.runtime)
                 self._tasks.start_soon(self._launch, run)
@@ -362,6 +384,8 @@ class Agent:
 
     async def _report(self, run: LocalRun, phase: str, outcome: Outcome | None) -> None:
         body: dict[str, Any] = {"phase": phase}
+        if run.rendezvous and phase in ("Starting", "Running"):
+            body["rendezvous"] = run.rendezvous  # the controller tells the siblings
         if phase == "Running":
             body["outputDir"] = str(output_dir(self.root, run.job))
             enforced = run.handle.enforced if run.handle is not None else None
@@ -399,6 +423,7 @@ class Agent:
             if runtime is None or self.offered.get(run.runtime, "") is not None:
                 why = self.offered.get(run.runtime) or "this agent's settings leave it out"
                 raise StartError(f"this node cannot run {run.runtime} jobs now: {why}")
+            meeting = await self._meeting(run)
             held = [r.handle for r in self.runs.values() if r.id != run.id and r.handle]
             busy = [cpu for handle in held for cpu in handle.cpus]
             launch = launch_for(
@@ -409,6 +434,7 @@ class Agent:
                 runtime=runtime,
                 catalog=self.catalog,
                 busy_cpus=busy,
+                meeting=meeting,
             )
             prepared = await anyio.to_thread.run_sync(runtime.prepare, launch)
             if run.cancelled:
@@ -445,6 +471,46 @@ class Agent:
             where = f"container {record.container}" if record.container else f"pid {record.pid}"
             log.info("run %s of job %s: running (%s)", run.id[:8], run.job, where)
         self.wake()
+
+    async def _meeting(self, run: LocalRun) -> Meeting | None:
+        """For a job on several nodes, where its ranks meet: this node's own endpoint
+        at node rank 0, else the one node rank 0's agent reported, which reaches this
+        agent in a later assignment (waited for up to rendezvous_timeout)."""
+        if run.nodes == 1:
+            return None
+        timeout = self.settings.rendezvous_timeout
+        deadline = self.clock() + timeout
+        while not (endpoint := run.rendezvous or self._endpoint(run.id)):
+            if run.cancelled:
+                raise StartError("stopped before it started")
+            if self.clock() >= deadline:
+                raise RendezvousTimeout(
+                    f"node rank {run.rank} of {run.nodes} waited {timeout:g}s for node "
+                    "rank 0 to say where the ranks meet, and it never did: is its node up? "
+                    f"(`mlsmctl describe job {run.job}`)"
+                )
+            await anyio.sleep(0.1)
+        attempt = run.assignment.get("attempt", 1)
+        return Meeting(endpoint=endpoint, id=f"{run.job}-{attempt}", nodes=run.nodes,
+                       rank=run.rank, address=self.address, timeout=timeout)  # fmt: skip
+
+    def _endpoint(self, run_id: str) -> str:
+        return str((self.desired or {}).get(run_id, {}).get("rendezvous") or "")
+
+    def _met_or_not(self, run: LocalRun, outcome: Outcome) -> Outcome:
+        """A failed multi-node run whose launcher gave up waiting for its peers fails
+        RendezvousTimeout, saying so, rather than a bare exit code."""
+        if run.record is None or not failed_to_meet(RunFolder(Path(run.record.directory)).log):
+            return outcome
+        where = run.rendezvous or self._endpoint(run.id) or "the rendezvous"
+        return replace(
+            outcome,
+            reason=RendezvousTimeout.reason,
+            message=f"the ranks of node rank {run.rank} did not meet the other "
+            f"{run.nodes - 1} node(s) at {where} within "
+            f"{self.settings.rendezvous_timeout:g}s: a peer never came (see its "
+            f"run: `mlsmctl describe job {run.job}`)",
+        )
 
     def _fail(self, run: LocalRun, reason: str, message: str) -> None:
         if not run.cancelled:

@@ -63,6 +63,20 @@ class AgentSettings(BaseModel):
         "agent stops (default: they go on and a restarted "
         "agent adopts them).",
     )
+    advertise_address: str | None = Field(
+        default=None,
+        description="The address other nodes reach this one at, for a multi-node job's "
+        "rendezvous (default: the address this server reaches the controller from).",
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.:_-]+$",
+    )
+    rendezvous_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="Seconds the ranks of a multi-node job wait for one another before "
+        "the run fails RendezvousTimeout.",
+    )
     long_poll: float = Field(default=30.0, gt=0, le=60)
     gpus_file: Path | None = Field(
         default=None,

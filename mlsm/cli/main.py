@@ -289,7 +289,39 @@ RunOption = Annotated[
 
 
 def _latest(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return dict(max(runs, key=lambda r: (r["attempt"], r["createdAt"] or "")))
+    """The latest attempt's run; of a job on several nodes, the one hosting process
+    rank 0 (which writes the metrics and checkpoints), else node rank 0's."""
+
+    def order(r: dict[str, Any]) -> tuple[int, bool, int, str]:
+        return (
+            r["attempt"],
+            0 in (r.get("ranks") or []),
+            -(r.get("rank") or 0),
+            r["createdAt"] or "",
+        )
+
+    best: dict[str, Any] = max(runs, key=order)
+    return dict(best)
+
+
+def _rank_run(name: str, runs: list[dict[str, Any]], rank: int) -> tuple[dict[str, Any], bool]:
+    """The run of the latest attempt that holds process rank `rank`, and whether its
+    log must be filtered to that rank (a run with several processes) or not (one
+    process per node: rank is the node rank)."""
+    attempt = max(r["attempt"] for r in runs)
+    current = sorted((r for r in runs if r["attempt"] == attempt), key=lambda r: r.get("rank", 0))
+    for candidate in current:
+        if rank in (candidate.get("ranks") or []):
+            return dict(candidate), True
+    known = sorted(k for r in current for k in r.get("ranks") or [])
+    if not known:
+        for candidate in current:
+            if int(candidate.get("rank") or 0) == rank:
+                return dict(candidate), False
+        raise UserError(f"job {name}'s attempt {attempt} has node ranks 0-{len(current) - 1}; "
+                        f"no rank {rank}")  # fmt: skip
+    raise UserError(f"rank {rank} of job {name} has written no line yet; ranks seen so far: "
+                    f"{', '.join(map(str, known))}")  # fmt: skip
 
 
 def _job_run(
@@ -329,29 +361,44 @@ def logs(
     run: RunOption = None,
     tail: Annotated[int | None, typer.Option("--tail", show_default=False,
                                              help="Only the last N lines.")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", show_default=False, min=0,
+                    help="One process of a distributed job (default: rank 0, and the "
+                         "launcher's lines on its node).")] = None,
     server: ServerOption = None,
     token: TokenOption = None,
     version: VersionOption = False,
 ) -> None:  # fmt: skip
     """Print a job's output (stdout and stderr, as its agent shipped it), as
-    `kubectl logs` does."""
+    `kubectl logs` does. Of a job under torchrun, one process's lines: rank 0's, or
+    --rank K's; --run ID prints one run's (one node's) whole log."""
     client, chosen = _job_run("logs", kind, name, run, server, token)
+    only: dict[str, Any] = {}
+    if run is None:
+        runs = client.object("TrainingJob", name)["runs"]
+        chosen, filtered = _rank_run(name, runs, rank or 0)
+        if filtered:
+            only = {"rank": rank or 0}
+    elif rank is not None:
+        if rank not in (chosen.get("ranks") or []):
+            raise UserError(f"run {chosen['id'][:8]} holds no lines of rank {rank}")
+        only = {"rank": rank}
     path = f"/runs/{chosen['id']}/logs"
     after = -1
     if tail is not None:
-        page = client.read(path, {"tail": max(tail, 0)})
+        page = client.read(path, {"tail": max(tail, 0), **only})
         views.print_lines(page["lines"])
         after = page["next"]
     else:
         while True:
-            page = client.read(path, {"after": after, "limit": 1000})
+            page = client.read(path, {"after": after, "limit": 1000, **only})
             views.print_lines(page["lines"])
             after = page["next"]
             if len(page["lines"]) < 1000:
                 break
     quiet = 0
     while follow:
-        page = client.read(path, {"after": after, "limit": 1000, "wait": 10}, timeout=40)
+        page = client.read(path, {"after": after, "limit": 1000, "wait": 10, **only},
+                           timeout=40)  # fmt: skip
         views.print_lines(page["lines"])
         after = page["next"]
         if page["lines"]:

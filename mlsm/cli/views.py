@@ -178,10 +178,16 @@ def describe(obj: dict[str, Any], *, trainer: list[str] | None = None) -> str:
     lines += _indent(dump_yaml(obj.get("spec") or {}).rstrip() or "<none: never valid>")
     if "runs" in obj:
         lines.append("Runs:")
-        runs = obj["runs"]
-        header = ["ID", "ATTEMPT", "NODE", "GPUS", "PHASE", "REASON", "EXIT", "AGE"]
+        runs = sorted(obj["runs"], key=lambda r: (r["attempt"], r.get("rank") or 0))
+        # a job on several nodes, or under torchrun: each run's node rank, and the
+        # process ranks its log holds (`mlsmctl logs --rank K`)
+        ranked = any(r.get("rank") or r.get("ranks") for r in runs)
+        header = ["ID", "ATTEMPT", *(["RANK", "PROCESSES"] if ranked else []), "NODE", "GPUS",
+                  "PHASE", "REASON", "EXIT", "AGE"]  # fmt: skip
         lines += _indent(_grid(header, [
-            [r["id"][:8], str(r["attempt"]), r["node"] or "-",
+            [r["id"][:8], str(r["attempt"]),
+             *([str(r.get("rank") or 0), _ranks(r.get("ranks") or [])] if ranked else []),
+             r["node"] or "-",
              ",".join(map(str, r.get("gpus") or [])) or "-", r["phase"], r["reason"] or "-",
              "-" if r.get("exitCode") is None else str(r["exitCode"]), age(r["createdAt"])]
             for r in runs
@@ -190,9 +196,12 @@ def describe(obj: dict[str, Any], *, trainer: list[str] | None = None) -> str:
         if last is not None and (last.get("message") or "").startswith("enforced: "):
             lines.append(f"Limits of run {last['id'][:8]}:")
             lines += _indent("\n".join(last["message"].removeprefix("enforced: ").split("; ")))
-        if last is not None and last["phase"] in ("Failed", "Lost") and last.get("message"):
-            lines.append(f"Last run ({last['id'][:8]}) {last['reason'] or last['phase']}:")
-            lines += _indent(last["message"].rstrip())
+        broken = [r for r in runs if last is not None and r["attempt"] == last["attempt"]
+                  and r["phase"] in ("Failed", "Lost") and r.get("message")]  # fmt: skip
+        if broken:  # the rank that ended its attempt, with why
+            first = broken[0]
+            lines.append(f"Last run ({first['id'][:8]}) {first['reason'] or first['phase']}:")
+            lines += _indent(first["message"].rstrip())
     if trainer:
         lines.append("Trainer:")
         lines += _indent("\n".join(trainer))
@@ -210,6 +219,15 @@ def _pairs(values: dict[str, str] | None) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _ranks(ranks: list[int]) -> str:
+    """Process ranks as `0-3` when contiguous, else `0,2`; '-' when none yet."""
+    if not ranks:
+        return "-"
+    if ranks == list(range(ranks[0], ranks[-1] + 1)) and len(ranks) > 1:
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ",".join(map(str, ranks))
 
 
 def _indent(text: str) -> list[str]:

@@ -31,7 +31,7 @@ from mlsm.controller.inputs import (
     unless_disconnected,
     whole,
 )
-from mlsm.controller.lifecycle import Leases, report_run
+from mlsm.controller.lifecycle import Leases, current_runs, report_run, tell_node
 from mlsm.schemas.phases import RunPhase
 from mlsm.store import Dataset, Job, Node, Run, Store
 from mlsm.store.conflicts import retry_on_conflict
@@ -247,7 +247,11 @@ class AgentApi:
                 spec = (job.manifest or {}).get("spec", {})
                 entry = {"id": run.id, "job": job.name, "attempt": run.attempt,
                          "gpus": run.gpus, "phase": run.phase, "generation": job.generation,
-                         "spec": spec}  # fmt: skip
+                         "spec": spec, "rank": run.rank}  # fmt: skip
+                if spec.get("nodes", 1) != 1:  # where the ranks meet, once rank 0 said
+                    siblings = [r for r in job.runs if r.attempt == run.attempt]
+                    entry["nodes"] = len(siblings)
+                    entry["rendezvous"] = next((r.rendezvous for r in siblings if r.rank == 0), "")
                 if spec.get("dataset") in datasets:
                     entry["dataset"] = {"name": spec["dataset"], **datasets[spec["dataset"]]}
                 runs.append(entry)
@@ -300,7 +304,10 @@ class AgentApi:
         body = await _json(request)
         run_id = request.path_params["run"]
         answer = await self._run(self._report_retrying, name, token, run_id, body)
-        self.output_moved()  # a run's phase may have moved: wake the site's live feeds
+        if answer.get("rendezvous"):
+            self.assignments_moved()  # the siblings learn where to meet (and wake feeds)
+        else:
+            self.output_moved()  # a run's phase may have moved: wake the site's live feeds
         if answer.get("finished"):
             self.request_schedule()
         return JSONResponse({"stop": answer["stop"]}, status_code=409 if answer["stop"] else 200)
@@ -333,7 +340,27 @@ class AgentApi:
                                  message=message, exit_code=exit_code, now=now)  # fmt: skip
             if not current:
                 return {"stop": True}  # fenced: a stale copy reporting in
-            return {"stop": False, "finished": RunPhase(phase).finished}
+            meet = _rendezvous(body.get("rendezvous"))
+            if meet and run.rank == 0 and not run.rendezvous and RunPhase(run.phase).active:
+                run.rendezvous = meet
+                for sibling in current_runs(run.job):
+                    if sibling is not run:
+                        tell_node(session, sibling)
+            return {"stop": False, "finished": RunPhase(phase).finished,
+                    "rendezvous": run.rendezvous == meet != ""}  # fmt: skip
+
+
+def _rendezvous(value: object) -> str:
+    """A node-rank-0 agent's host:port, checked: it reaches other agents' commands."""
+    if value is None:
+        return ""
+    host, _, port = str(value).rpartition(":")
+    if not (
+        isinstance(value, str) and len(value) <= 300 and port.isdigit()
+        and 0 < int(port) < 65536 and host and all(c.isalnum() or c in ".-:[]_" for c in host)
+    ):  # fmt: skip
+        raise HttpError(400, f"rendezvous must be host:port, got {str(value)[:80]!r}")
+    return value
 
 
 def _no_manifest(name: str) -> HttpError:

@@ -120,8 +120,9 @@ def event_json(event: Event) -> dict[str, Any]:
 def run_json(run: Run, job: str) -> dict[str, Any]:
     return {
         "id": run.id, "job": job, "attempt": run.attempt, "node": run.node, "phase": run.phase,
-        "gpus": run.gpus, "reason": run.reason, "message": run.message,
-        "exitCode": run.exit_code, "outputDir": run.output_dir, "logOffset": run.log_offset,
+        "gpus": run.gpus, "rank": run.rank, "ranks": run.ranks, "rendezvous": run.rendezvous,
+        "reason": run.reason, "message": run.message, "exitCode": run.exit_code,
+        "outputDir": run.output_dir, "logOffset": run.log_offset,
         "createdAt": _time(run.created_at),
         "startedAt": _time(run.started_at), "finishedAt": _time(run.finished_at),
     }  # fmt: skip
@@ -295,6 +296,11 @@ class Api:
         limit = _int(request, "limit", 1000, low=1, high=MAX_LIMIT)
         tail = request.query_params.get("tail")
         last = _int(request, "tail", 0, low=0, high=MAX_LIMIT) if tail else None
+        rank = (
+            _int(request, "rank", 0, low=0, high=10**7)
+            if request.query_params.get("rank")
+            else None
+        )
         wait = seconds(request.query_params, "wait", default=0.0, high=30.0)
         deadline = anyio.current_time() + wait
 
@@ -306,7 +312,7 @@ class Api:
                 if found is None:
                     raise HttpError(404, f"no run {run_id}")
                 run, job = found
-                lines = read_log(session, run_id, after=after, limit=limit, tail=last)
+                lines = read_log(session, run_id, after=after, limit=limit, tail=last, rank=rank)
                 return {
                     "run": run.id, "job": job, "phase": run.phase,
                     "finished": RunPhase(run.phase).finished, "logOffset": run.log_offset,

@@ -144,10 +144,10 @@ def assign(
     for binding in result.bindings:
         job = jobs[binding.job]
         attempt = next_attempt(job)
-        for placement in binding.placements:
+        for rank, placement in enumerate(binding.placements):  # node rank 0 hosts the rendezvous
             session.add(Run(id=str(uuid.uuid4()), job=job, attempt=attempt, node=placement.node,
-                            gpus=list(placement.gpus), phase=RunPhase.SCHEDULED, reason="Scheduled",
-                            created_at=now))  # fmt: skip
+                            rank=rank, gpus=list(placement.gpus), phase=RunPhase.SCHEDULED,
+                            reason="Scheduled", created_at=now))  # fmt: skip
             by_node[placement.node].assignment_revision += 1
             touched.add(placement.node)
         where = ", ".join(f"{p.node} (GPUs {list(p.gpus)})" if p.gpus else p.node

@@ -152,6 +152,13 @@ class Run(Base):
     phase: Mapped[str] = mapped_column(String(16), default="Pending")
     gpus: Mapped[list[Any]] = mapped_column(default=list)
     """The GPU indices on `node` bound to this run."""
+    rank: Mapped[int] = mapped_column(default=0)
+    """Its node rank among the runs of its attempt (0 hosts the rendezvous)."""
+    rendezvous: Mapped[str] = mapped_column(String(300), default="")
+    """host:port where a node-rank-0 run's launcher meets its siblings' (its agent
+    reserves the port and reports it)."""
+    ranks: Mapped[list[Any]] = mapped_column(default=list)
+    """The process ranks whose lines its log holds (from torchrun's line prefixes)."""
     reason: Mapped[str] = mapped_column(String(64), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     exit_code: Mapped[int | None] = mapped_column(default=None)
@@ -180,6 +187,9 @@ class LogLine(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     text: Mapped[str] = mapped_column(Text)
+    rank: Mapped[int | None] = mapped_column(default=None)
+    """The process rank that wrote it (torchrun's `[rankK]: ` prefix), None for the
+    launcher's own lines and a single process's."""
 
 
 class MetricRecord(Base):

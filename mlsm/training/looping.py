@@ -382,6 +382,10 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                 if result.first_step_at is None:
                     result.first_step_at = now
                 if step % config.log_every == 0 or in_epoch + 1 == len(batches):
+                    reported = loss.detach().float()
+                    if place.world > 1:  # every rank logs at the same steps: the mean
+                        dist.all_reduce(reported)
+                        reported /= place.world
                     elapsed = time.perf_counter() - started
                     rate = samples_seen / max(elapsed, 1e-9)
                     left = (total - step) * config.batch_size * place.world / max(rate, 1e-9)
@@ -389,11 +393,11 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                         step,
                         epoch + (in_epoch + 1) / len(batches),
                         "train",
-                        {"loss": float(loss.detach()), "lr": float(scheduler.get_last_lr()[0])},
+                        {"loss": float(reported), "lr": float(scheduler.get_last_lr()[0])},
                     )
                     say(
                         f"epoch {epoch + 1}/{config.epochs} step {in_epoch + 1}/{len(batches)} "
-                        f"loss {float(loss.detach()):.4f} | {rate:.0f} samples/s | "
+                        f"loss {float(reported):.4f} | {rate:.0f} samples/s | "
                         f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
                     )
                 if stop.requested or (config.max_steps is not None and step >= config.max_steps):

@@ -121,6 +121,75 @@ def test_heartbeat_assignments_reports_and_fencing(store: Store) -> None:
     assert stale.json()["stop"] == sorted([run["id"], "unknown-run"])
 
 
+def test_node_rank_0_says_where_the_ranks_meet_and_its_siblings_hear_it(
+    store: Store, repo: GitRepo, tmp_path: Path
+) -> None:
+    repo.write("nodes/n2.yaml", manifest_node("n2", "a100"))
+    repo.write("jobs/train.yaml", manifest_job("train", 1) + "      nodes: 2\n")
+    repo.commit("train on two nodes")
+    assert Syncer(store, open_source(str(repo.root), state_dir=tmp_path)).sync().ok
+    for node in ("n1", "n2"):
+        call(
+            store,
+            None,
+            "POST",
+            f"/{node}/heartbeat",
+            f"{node}-token",
+            json={"inventory": INVENTORY},
+        )
+    with store.write() as session:
+        assert assign(session, grace=dt.timedelta(seconds=20)).bound == 1
+    seen = {n: call(store, None, "GET", f"/{n}/assignments", f"{n}-token",
+                    params={"revision": 0}).json() for n in ("n1", "n2")}  # fmt: skip
+    [zero], [one] = seen["n1"]["runs"], seen["n2"]["runs"]
+    assert (zero["rank"], one["rank"], zero["nodes"], one["rendezvous"]) == (0, 1, 2, "")
+
+    def report(node: str, run: str, rendezvous: str) -> httpx.Response:
+        return call(store, None, "POST", f"/{node}/runs/{run}/status", f"{node}-token",
+                    json={"phase": "Starting", "rendezvous": rendezvous})  # fmt: skip
+
+    refused = report("n1", zero["id"], "10.0.0.1:29400; rm -rf /")
+    assert refused.status_code == 400
+    assert "host:port" in refused.json()["error"]
+    assert report("n2", one["id"], "10.0.0.2:1234").status_code == 200  # not rank 0: ignored
+    assert report("n1", zero["id"], "10.0.0.1:29400").status_code == 200
+    moved = call(store, None, "GET", "/n2/assignments", "n2-token",
+                 params={"revision": seen["n2"]["assignmentRevision"], "wait": 0})  # fmt: skip
+    [told] = moved.json()["runs"]
+    assert told["rendezvous"] == "10.0.0.1:29400", "the sibling's node learns at once"
+    assert report("n1", zero["id"], "10.0.0.1:29999").status_code == 200
+    with store.read() as session:
+        stored = session.get(Run, zero["id"])
+        assert stored is not None
+        assert stored.rendezvous == "10.0.0.1:29400", "the first endpoint stays"
+
+
+def test_each_process_s_lines_are_read_apart_by_rank(store: Store) -> None:
+    call(store, None, "POST", "/n1/heartbeat", "n1-token", json={"inventory": INVENTORY})
+    with store.write() as session:
+        assign(session, grace=dt.timedelta(seconds=20))
+    with store.read() as session:
+        run_id = session.scalars(select(Run.id)).one()
+    lines = [[0, "launching 2 processes"], [22, "[rank0]: epoch 1"], [39, "[rank1]: epoch 1"],
+             [56, "[rank12]: not a line of rank 1"]]  # fmt: skip
+    shipped = call(store, None, "POST", f"/n1/runs/{run_id}/output", "n1-token",
+                   json={"stream": "log", "lines": lines, "end": 90})  # fmt: skip
+    assert shipped.status_code == 200
+
+    async def read(params: dict[str, Any]) -> list[str]:
+        transport = httpx.ASGITransport(app=create_app(store), client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            page = await client.get(f"/api/v1/runs/{run_id}/logs", params=params)
+            return [line["text"] for line in page.json()["lines"]]
+
+    assert anyio.run(read, {"rank": 1}) == ["launching 2 processes", "[rank1]: epoch 1"]
+    assert len(anyio.run(read, {})) == 4, "without --rank: the whole log"
+    with store.read() as session:
+        stored = session.get(Run, run_id)
+        assert stored is not None
+        assert stored.ranks == [0, 1, 12], "the processes this node hosts"
+
+
 def test_a_binding_wakes_a_waiting_long_poll(store: Store) -> None:
     call(store, None, "POST", "/n1/heartbeat", "n1-token", json={"inventory": INVENTORY})
 

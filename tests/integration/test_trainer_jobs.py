@@ -1,6 +1,7 @@
 """A TrainingJob with `spec.trainer` end to end: merged in git, scheduled where the
 digits dataset lies, run by a real agent as `python -m mlsm.training` in its venv,
-its metrics shipped and visible through the API, `mlsmctl metrics` and `describe`."""
+its metrics shipped and visible through the API, `mlsmctl metrics` and `describe`.
+The trainer under torchrun, one process per GPU, is in test_multinode.py."""
 
 from __future__ import annotations
 
@@ -80,37 +81,3 @@ def test_a_trainer_job_trains_on_its_node_and_its_metrics_reach_the_api(
     log = cli(client, "logs", "job", "vit")
     assert "epoch 2/2" in log
     assert get_job(client, "vit")["status"]["phase"] == "Succeeded"
-
-
-@sqlite_only
-def test_a_two_gpu_trainer_job_runs_one_process_per_gpu_under_torchrun(
-    start: Callable[..., httpx.Client],
-    start_agent: Callable[..., AgentProcess],
-    repo: GitRepo,
-    database_url: str,
-) -> None:
-    """A node with two (fake) GPUs: the job's two ranks start under torchrun, each
-    seeing its own GPU by its LOCAL_RANK, and meet over gloo (no CUDA here); rank 0
-    alone writes the checkpoint and the metrics."""
-    client, agents = started(start, start_agent, repo, database_url, {"n1": 2})
-    write_digits(agents["n1"].root / "datasets" / "digits")
-    repo.write("datasets/digits.yaml", DATASET)
-    two = TRAINER.replace("name: vit,", "name: vit-ddp,").replace("epochs: 2", "epochs: 1")
-    repo.write(
-        "jobs/vit-ddp.yaml",
-        two.replace("resources: {gpus: 0, cpu: 1}", "resources: {gpus: 2, cpu: 2}"),
-    )
-    repo.commit("the same job on two GPUs")
-
-    wait_phase(client, "vit-ddp", "Succeeded", timeout=180)
-    [run] = runs_of(client, "vit-ddp")
-    assert run["gpus"] == [0, 1]
-    log = cli(client, "logs", "job", "vit-ddp")
-    assert "rank 0 of 2 (local 0): cpu, CUDA_VISIBLE_DEVICES=0" in log
-    assert "rank 1 of 2 (local 1): cpu, CUDA_VISIBLE_DEVICES=1" in log
-    assert log.count("epoch 1/1") >= 1
-    output = agents["n1"].root / "jobs" / "vit-ddp" / "output"
-    assert (output / "checkpoints" / "best" / "model.safetensors").is_file()
-    records = client.get(f"/api/v1/runs/{run['id']}/metrics").json()["records"]
-    evaluations = [r for r in records if r["split"] == "val" and r["name"] == "accuracy"]
-    assert len(evaluations) == 1, "rank 0 alone writes metrics"

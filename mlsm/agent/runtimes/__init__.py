@@ -100,7 +100,13 @@ class Launch:
     image: str | None = None
     trainer: bool = False
     """The built-in trainer (part of mlsm): the job needs mlsm's own code."""
+    torchrun: bool = False
+    """Its processes start under torchrun: the job needs torch (a venv on the agent's
+    Python inherits the agent's, after the job's own requirements)."""
     labels: Mapping[str, str] = field(default_factory=dict)
+    host_network: bool = False
+    """A job on several nodes: its ranks meet other nodes' (a container shares the
+    host's network, as NCCL and gloo need)."""
 
 
 class Handle(Protocol):

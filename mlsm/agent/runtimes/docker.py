@@ -326,6 +326,8 @@ class DockerRuntime:
         )
         if memory:
             options.update(mem_limit=memory, memswap_limit=memory)
+        if launch.host_network:  # its ranks meet other nodes' at the advertise address
+            options.update(network_mode="host")
         parts = [f"cpu {launch.cpu:g} as the container's nano_cpus"]
         parts.append(
             f"memory {size(memory)} as its mem_limit (no swap)"

@@ -212,13 +212,16 @@ class VenvRuntime:
             "requirements": [r.strip() for r in launch.requirements],
             "systemSitePackages": launch.system_site_packages,
         }
+        mine = ".".join(map(str, sys.version_info[:2]))
+        agents = version == mine or version.startswith(mine + ".")
         if launch.trainer:
-            mine = ".".join(map(str, sys.version_info[:2]))
-            if not (version == mine or version.startswith(mine + ".")):
+            if not agents:
                 raise EnvBuildFailed(
                     f"the built-in trainer runs on the agent's Python {mine}, and the job asks "
                     f"for {launch.python} ({version}); set spec.runtime.venv.python to '{mine}'"
                 )
+            key["inherit"] = _agent_site_dirs()
+        elif launch.torchrun and agents:  # torch from the agent's, unless the job pins its own
             key["inherit"] = _agent_site_dirs()
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return self.envs / digest, executable, key

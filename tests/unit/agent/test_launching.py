@@ -108,14 +108,42 @@ def test_a_trainer_with_two_gpus_runs_as_two_processes_under_torchrun(tmp_path: 
     entry = assignment(dataset="cats", command=None, resources={"gpus": 2},
                        trainer={"model": "builtin:vit-tiny", "epochs": 1})  # fmt: skip
     boxed = launch(tmp_path, Seen(), entry)
-    assert list(boxed.argv[:6]) == ["python3", "-m", "torch.distributed.run", "--standalone",
-                                    "--nproc-per-node=2", "--no-python"]  # fmt: skip
+    assert list(boxed.argv[:9]) == [
+        "python3", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "--max-restarts=0", "--log-dir=/mlsm/run/ranks", "--tee=3", "--no-python",
+    ]  # fmt: skip
+    assert boxed.env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == "[rank${rank}]: "
+    assert not boxed.host_network
     assert boxed.argv[boxed.argv.index("mlsm-rank") + 1] == "python3"
     assert boxed.argv[-4:] == ["-m", "mlsm.training", "--config", "/mlsm/run/trainer.json"]
     assert boxed.env["MLSM_PROCESSES_PER_NODE"] == "2"
     one = launch(tmp_path, Seen(), assignment(dataset="cats", command=None,
                  resources={"gpus": 1}, trainer={"model": "builtin:vit-tiny"}))  # fmt: skip
     assert one.argv[:3] == ["python3", "-m", "mlsm.training"]  # one GPU: one process
+
+
+def test_a_job_on_two_nodes_meets_at_node_rank_0s_endpoint(tmp_path: Path) -> None:
+    """Node rank 0 hosts the c10d store; every node is told where it is, how many
+    nodes meet, and its own rank; a container shares the host's network."""
+    from mlsm.agent.rendezvous import Meeting
+
+    entry = assignment(command=["python", "train.py"], launcher="torchrun", nodes=2,
+                       processesPerNode=2, resources={"gpus": 0})  # fmt: skip
+    for rank in (0, 1):
+        meeting = Meeting(endpoint="10.0.0.1:29411", id="j-3", nodes=2, rank=rank,
+                          address=f"10.0.0.{rank + 1}", timeout=30)  # fmt: skip
+        boxed = launch_for(run="r1", assignment=entry, root=tmp_path, node="n1", runtime=Host(),  # type: ignore[arg-type]
+                           catalog={}, meeting=meeting)  # fmt: skip
+        argv = list(boxed.argv)
+        assert "--standalone" not in argv
+        conf = f"is_host={int(rank == 0)},join_timeout=30,read_timeout=30"
+        assert argv[3:9] == [
+            "--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29411",
+            "--rdzv-id=j-3", f"--rdzv-conf={conf}", f"--local-addr=10.0.0.{rank + 1}",
+        ]  # fmt: skip
+        assert (boxed.env["MLSM_NODE_RANK"], boxed.env["MLSM_NUM_NODES"]) == (str(rank), "2")
+        assert boxed.env["MLSM_RENDEZVOUS"] == "10.0.0.1:29411"
+        assert boxed.host_network
 
 
 @pytest.mark.parametrize(
