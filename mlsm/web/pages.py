@@ -342,7 +342,8 @@ def job_page(
         return None
     runs = list(job.runs)
     run = next((r for r in runs if r.id == run_id), None) if run_id else None
-    run = run or (runs[-1] if runs else None)
+    # by default the latest attempt's run that hosts process rank 0 (its metrics)
+    run = run or max(runs, key=lambda r: (r.attempt, 0 in (r.ranks or []), -r.rank), default=None)
     lines = read_log(session, run.id, tail=LOG_TAIL) if run and log else []
     records = read_metrics(session, run.id, limit=METRIC_RECORDS) if run else []
     columns, epochs = scores.per_epoch(records)

@@ -142,6 +142,10 @@ def test_a_two_node_two_gpu_trainer_job_trains_as_four_ranks(
     assert "epoch 1/1" in default
     assert "rank 1 of 4" not in default
     page = cli(client, "describe", "job", "vit-2x2")
+    site = client.get("/jobs/vit-2x2").text  # the status site's job page
+    assert f"run <code>{zero['id'][:8]}</code> on {zero['node']}" in site, "rank 0's run"
+    assert "(0,1)" in site
+    assert "(2,3)" in site
     [header] = [line for line in page.splitlines() if "PROCESSES" in line]
     assert header.split()[:4] == ["ID", "ATTEMPT", "RANK", "PROCESSES"]
     assert sum(("0-1" in line or "2-3" in line) and "Succeeded" in line
