@@ -9,9 +9,11 @@ RendezvousTimeout, whichever rank waits."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -184,6 +186,20 @@ def meeting_job(name: str, selector: str = "pair: 'yes'", processes: int = 1) ->
     """
 
 
+def working_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is `folder` (a run's ranks)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+                if state != "Z":
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 @sqlite_only
 def test_kill_9_of_one_agent_stops_the_other_ranks_and_retries_as_attempt_2(
     start: Callable[..., httpx.Client],
@@ -207,12 +223,18 @@ def test_kill_9_of_one_agent_stops_the_other_ranks_and_retries_as_attempt_2(
     for rank in range(2):
         assert f"rank {rank} of 2 met 2" in log
 
+    folders = {
+        r["rank"]: agents[r["node"]].root / "runs" / r["id"] for r in runs_of(client, "meet")
+    }
+    assert all(working_in(folder) for folder in folders.values()), "both ranks' processes"
+
     agents["n2"].process.send_signal(signal.SIGKILL)  # the node is gone, mid-job
     agents["n2"].process.wait(5)
     wait_for(lambda: get_job(client, "meet")["status"]["phase"] == "Pending", timeout=30)
     first = {r["rank"]: r for r in runs_of(client, "meet") if r["attempt"] == 1}
     assert (first[1]["phase"], first[1]["reason"]) == ("Lost", "NodeLost")
     assert (first[0]["phase"], first[0]["reason"]) == ("Cancelled", "SiblingFailed")
+    wait_for(lambda: not working_in(folders[0]), timeout=20)  # n1's ranks really stopped
     page = cli(client, "describe", "job", "meet")
     assert "attempt 1 lost with node n2" in page
 
@@ -220,6 +242,7 @@ def test_kill_9_of_one_agent_stops_the_other_ranks_and_retries_as_attempt_2(
     start_agent(client, "n2", tokens["n2"], gpus=0, again=agents["n2"],
                 MLSM_AGENT_ADVERTISE_ADDRESS="127.0.0.1")  # fmt: skip
     wait_phase(client, "meet", "Succeeded", timeout=90)
+    wait_for(lambda: not working_in(folders[1]), timeout=20)  # the stale copy, stopped
     runs = runs_of(client, "meet")
     assert sorted((r["attempt"], r["rank"]) for r in runs) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert not [r for r in runs if r["phase"] in ("Scheduled", "Starting", "Running")]
