@@ -3,7 +3,8 @@ with a real controller and real `mlsm-agent` processes on loopback: a job's outp
 its exit code, its limits and mounts; cancel from git and maxDuration; an agent
 killed and restarted while a container runs, and one down while it ends; an image
 that cannot be had; a memory limit exceeded; a mount outside the storage root; a
-node with no engine; and the built-in trainer in a container."""
+node with no engine; the built-in trainer in a container; and the containers of a
+job on two nodes meeting at node rank 0's endpoint."""
 
 from __future__ import annotations
 
@@ -440,3 +441,41 @@ def test_the_runtime_itself_refuses_a_mount_outside_the_storage_root(
         runtime.start(launch, runtime.prepare(launch))
     assert "no container was created" in str(refused.value)
     assert not containers(engine, mlsm_run="r-escape")
+
+
+# Node rank 0 listens at the rendezvous its agent reserved; node rank 1 says hello
+# there: the containers of a job on two nodes reach each other on the host's network.
+MEET = (
+    "host=${MLSM_RENDEZVOUS%:*}; port=${MLSM_RENDEZVOUS##*:}; "
+    'if [ "$MLSM_NODE_RANK" = 0 ]; then nc -l -p "$port" > $MLSM_OUTPUT_DIR/heard.txt; '
+    'else until echo "hello from node rank $MLSM_NODE_RANK of $MLSM_NUM_NODES" '
+    '| nc "$host" "$port"; do sleep 0.1; done; fi'
+)
+
+
+@sqlite_only
+def test_the_containers_of_a_job_on_two_nodes_meet_at_node_rank_0s_endpoint(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., AgentProcess],
+    repo: GitRepo,
+    database_url: str,
+    engine: Engine,
+) -> None:
+    for name in ("n1", "n2"):
+        repo.write(f"nodes/{name}.yaml", node(name, "[docker]"))
+    repo.commit("two nodes")
+    client = start(str(repo.root), "--poll-interval", "600")
+    wait_for(lambda: client.get("/api/v1/nodes/n2").status_code == 200)
+    agents = {n: start_agent(client, n, issue_node_token(database_url, n), gpus=0,
+                             DOCKER_HOST=engine.host, MLSM_AGENT_ADVERTISE_ADDRESS="127.0.0.1")
+              for n in ("n1", "n2")}  # fmt: skip
+    wait_for(lambda: ready(client, "n1") and ready(client, "n2"))
+    repo.write("jobs/pair.yaml", job("pair", engine.busybox, MEET, extra="\n          nodes: 2"))
+    repo.commit("a job on two nodes, in containers")
+
+    wait_phase(client, "pair", "Succeeded", timeout=60)
+    [zero] = [r for r in runs_of(client, "pair") if r["rank"] == 0]
+    assert zero["node"] == "n1"
+    heard = agents["n1"].root / "jobs" / "pair" / "output" / "heard.txt"
+    # 127.0.0.1 of another container on a bridge network would be that container's own
+    assert heard.read_text().strip() == "hello from node rank 1 of 2"
