@@ -127,8 +127,13 @@ def launch_for(
         argv = _trainer(spec.trainer, root, folder, mounts, runtime, env)
     if spec.under_torchrun:
         env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX
-        argv = torchrun(argv, processes=spec.processes, python=_python(runtime),
-                        log_dir=_inside(env["MLSM_RUN_DIR"], "ranks"), meeting=meeting)  # fmt: skip
+        argv = torchrun(
+            argv,
+            processes=spec.processes,
+            python=_python(runtime),
+            log_dir=_inside(env["MLSM_RUN_DIR"], "ranks"),
+            meeting=meeting,
+        )
     venv, docker = spec.runtime.venv, spec.runtime.docker
     return Launch(
         run=run,
@@ -177,11 +182,18 @@ def torchrun(
     if meeting is None:
         where = ["--standalone"]
     else:
-        conf = f"is_host={int(meeting.rank == 0)},join_timeout={meeting.timeout:g}," \
-               f"read_timeout={meeting.timeout:g}"  # fmt: skip
-        where = [f"--nnodes={meeting.nodes}", "--rdzv-backend=c10d",
-                 f"--rdzv-endpoint={meeting.endpoint}", f"--rdzv-id={meeting.id}",
-                 f"--rdzv-conf={conf}", f"--local-addr={meeting.address}"]  # fmt: skip
+        conf = (
+            f"is_host={int(meeting.rank == 0)},join_timeout={meeting.timeout:g},"
+            f"read_timeout={meeting.timeout:g}"
+        )
+        where = [
+            f"--nnodes={meeting.nodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={meeting.endpoint}",
+            f"--rdzv-id={meeting.id}",
+            f"--rdzv-conf={conf}",
+            f"--local-addr={meeting.address}",
+        ]
     return [
         python,
         "-m",

@@ -491,8 +491,14 @@ class Agent:
                 )
             await anyio.sleep(0.1)
         attempt = run.assignment.get("attempt", 1)
-        return Meeting(endpoint=endpoint, id=f"{run.job}-{attempt}", nodes=run.nodes,
-                       rank=run.rank, address=self.address, timeout=timeout)  # fmt: skip
+        return Meeting(
+            endpoint=endpoint,
+            id=f"{run.job}-{attempt}",
+            nodes=run.nodes,
+            rank=run.rank,
+            address=self.address,
+            timeout=timeout,
+        )
 
     def _endpoint(self, run_id: str) -> str:
         return str((self.desired or {}).get(run_id, {}).get("rendezvous") or "")

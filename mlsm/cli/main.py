@@ -318,30 +318,33 @@ def _rank_run(name: str, runs: list[dict[str, Any]], rank: int) -> tuple[dict[st
         for candidate in current:
             if int(candidate.get("rank") or 0) == rank:
                 return dict(candidate), False
-        raise UserError(f"job {name}'s attempt {attempt} has node ranks 0-{len(current) - 1}; "
-                        f"no rank {rank}")  # fmt: skip
-    raise UserError(f"rank {rank} of job {name} has written no line yet; ranks seen so far: "
-                    f"{', '.join(map(str, known))}")  # fmt: skip
+        raise UserError(
+            f"job {name}'s attempt {attempt} has node ranks 0-{len(current) - 1}; no rank {rank}"
+        )
+    raise UserError(
+        f"rank {rank} of job {name} has written no line yet; ranks seen so far: "
+        f"{', '.join(map(str, known))}"
+    )
 
 
-def _job_run(
-    what: str, kind: str, name: str, run: str | None, server: str | None, token: str | None
-) -> tuple[Client, dict[str, Any]]:
-    """For `mlsmctl logs|metrics job NAME`: the client and the run asked for."""
+def _job_runs(
+    what: str, kind: str, name: str, server: str | None, token: str | None
+) -> tuple[Client, list[dict[str, Any]]]:
+    """For `mlsmctl logs|metrics job NAME`: the client and the job's runs."""
     if _kind(kind) != "TrainingJob":
         raise UsageError(f"{what} belong to jobs: mlsmctl {what} job NAME")
     client = Client(server, token)
-    return client, _run_of(client, name, run)
-
-
-def _run_of(client: Client, name: str, run: str | None) -> dict[str, Any]:
-    """The job's run by id (or id prefix), or its latest."""
     job = client.object("TrainingJob", name)
-    runs = job.get("runs") or []
+    runs: list[dict[str, Any]] = job.get("runs") or []
     if not runs:
         phase = job["status"].get("phase", "Pending")
         raise UserError(f"job {name} has not run yet (phase {phase}); "
                         f"`mlsmctl describe job {name}` says why")  # fmt: skip
+    return client, runs
+
+
+def _run_of(name: str, runs: list[dict[str, Any]], run: str | None) -> dict[str, Any]:
+    """The job's run by id (or id prefix), or its latest."""
     if run is None:
         return _latest(runs)
     chosen = [r for r in runs if r["id"].startswith(run)]
@@ -371,17 +374,14 @@ def logs(
     """Print a job's output (stdout and stderr, as its agent shipped it), as
     `kubectl logs` does. Of a job under torchrun, one process's lines: rank 0's, or
     --rank K's; --run ID prints one run's (one node's) whole log."""
-    client, chosen = _job_run("logs", kind, name, run, server, token)
-    only: dict[str, Any] = {}
-    if run is None:
-        runs = client.object("TrainingJob", name)["runs"]
+    client, runs = _job_runs("logs", kind, name, server, token)
+    if run is None:  # the latest attempt's run that holds that process rank
         chosen, filtered = _rank_run(name, runs, rank or 0)
-        if filtered:
-            only = {"rank": rank or 0}
-    elif rank is not None:
-        if rank not in (chosen.get("ranks") or []):
+    else:
+        chosen, filtered = _run_of(name, runs, run), rank is not None
+        if filtered and rank not in (chosen.get("ranks") or []):
             raise UserError(f"run {chosen['id'][:8]} holds no lines of rank {rank}")
-        only = {"rank": rank}
+    only: dict[str, Any] = {"rank": rank or 0} if filtered else {}
     path = f"/runs/{chosen['id']}/logs"
     after = -1
     if tail is not None:
@@ -397,8 +397,7 @@ def logs(
                 break
     quiet = 0
     while follow:
-        page = client.read(path, {"after": after, "limit": 1000, "wait": 10, **only},
-                           timeout=40)  # fmt: skip
+        page = client.read(path, {"after": after, "limit": 1000, "wait": 10, **only}, timeout=40)
         views.print_lines(page["lines"])
         after = page["next"]
         if page["lines"]:
@@ -420,7 +419,8 @@ def metrics(
 ) -> None:  # fmt: skip
     """The last value of each metric per epoch, from the records the job wrote to
     $MLSM_METRICS_FILE."""
-    client, chosen = _job_run("metrics", kind, name, run, server, token)
+    client, runs = _job_runs("metrics", kind, name, server, token)
+    chosen = _run_of(name, runs, run)
     records = client.read(f"/runs/{chosen['id']}/metrics", {})["records"]
     if not records:
         typer.echo(f"run {chosen['id'][:8]} of job {name} has written no metrics yet.", err=True)

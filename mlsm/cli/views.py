@@ -182,8 +182,8 @@ def describe(obj: dict[str, Any], *, trainer: list[str] | None = None) -> str:
         # a job on several nodes, or under torchrun: each run's node rank, and the
         # process ranks its log holds (`mlsmctl logs --rank K`)
         ranked = any(r.get("rank") or r.get("ranks") for r in runs)
-        header = ["ID", "ATTEMPT", *(["RANK", "PROCESSES"] if ranked else []), "NODE", "GPUS",
-                  "PHASE", "REASON", "EXIT", "AGE"]  # fmt: skip
+        ranks = ["RANK", "PROCESSES"] if ranked else []
+        header = ["ID", "ATTEMPT", *ranks, "NODE", "GPUS", "PHASE", "REASON", "EXIT", "AGE"]
         lines += _indent(_grid(header, [
             [r["id"][:8], str(r["attempt"]),
              *([str(r.get("rank") or 0), _ranks(r.get("ranks") or [])] if ranked else []),
@@ -196,8 +196,9 @@ def describe(obj: dict[str, Any], *, trainer: list[str] | None = None) -> str:
         if last is not None and (last.get("message") or "").startswith("enforced: "):
             lines.append(f"Limits of run {last['id'][:8]}:")
             lines += _indent("\n".join(last["message"].removeprefix("enforced: ").split("; ")))
-        broken = [r for r in runs if last is not None and r["attempt"] == last["attempt"]
-                  and r["phase"] in ("Failed", "Lost") and r.get("message")]  # fmt: skip
+        attempt = last["attempt"] if last is not None else None
+        ended = [r for r in runs if r["attempt"] == attempt and r["phase"] in ("Failed", "Lost")]
+        broken = [r for r in ended if r.get("message")]
         if broken:  # the rank that ended its attempt, with why
             first = broken[0]
             lines.append(f"Last run ({first['id'][:8]}) {first['reason'] or first['phase']}:")

@@ -323,6 +323,7 @@ class AgentApi:
         phase = body.get("phase")
         if phase not in REPORTABLE:
             raise HttpError(400, f"phase must be one of {', '.join(sorted(REPORTABLE))}")
+        meet = _rendezvous(body.get("rendezvous"))  # checked before anything is written
         now = utcnow()
         with self.store.write() as session:
             self._node_for(session, token, name)
@@ -340,14 +341,16 @@ class AgentApi:
                                  message=message, exit_code=exit_code, now=now)  # fmt: skip
             if not current:
                 return {"stop": True}  # fenced: a stale copy reporting in
-            meet = _rendezvous(body.get("rendezvous"))
             if meet and run.rank == 0 and not run.rendezvous and RunPhase(run.phase).active:
                 run.rendezvous = meet
                 for sibling in current_runs(run.job):
                     if sibling is not run:
                         tell_node(session, sibling)
-            return {"stop": False, "finished": RunPhase(phase).finished,
-                    "rendezvous": run.rendezvous == meet != ""}  # fmt: skip
+            return {
+                "stop": False,
+                "finished": RunPhase(phase).finished,
+                "rendezvous": run.rendezvous == meet != "",
+            }
 
 
 def _rendezvous(value: object) -> str:
@@ -356,9 +359,14 @@ def _rendezvous(value: object) -> str:
         return ""
     host, _, port = str(value).rpartition(":")
     if not (
-        isinstance(value, str) and len(value) <= 300 and port.isdigit()
-        and 0 < int(port) < 65536 and host and all(c.isalnum() or c in ".-:[]_" for c in host)
-    ):  # fmt: skip
+        isinstance(value, str)
+        and len(value) <= 300
+        and value.isascii()
+        and port.isdigit()
+        and 0 < int(port) < 65536
+        and host
+        and all(c.isalnum() or c in ".-:[]_" for c in host)
+    ):
         raise HttpError(400, f"rendezvous must be host:port, got {str(value)[:80]!r}")
     return value
 

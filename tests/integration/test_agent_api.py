@@ -148,9 +148,10 @@ def test_node_rank_0_says_where_the_ranks_meet_and_its_siblings_hear_it(
         return call(store, None, "POST", f"/{node}/runs/{run}/status", f"{node}-token",
                     json={"phase": "Starting", "rendezvous": rendezvous})  # fmt: skip
 
-    refused = report("n1", zero["id"], "10.0.0.1:29400; rm -rf /")
-    assert refused.status_code == 400
-    assert "host:port" in refused.json()["error"]
+    for bad in ("10.0.0.1:29400; rm -rf /", "10.0.0.1:²", "10.0.0.1:0", ":29400"):
+        refused = report("n1", zero["id"], bad)
+        assert refused.status_code == 400, bad
+        assert "host:port" in refused.json()["error"]
     assert report("n2", one["id"], "10.0.0.2:1234").status_code == 200  # not rank 0: ignored
     assert report("n1", zero["id"], "10.0.0.1:29400").status_code == 200
     moved = call(store, None, "GET", "/n2/assignments", "n2-token",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mlsm.errors import UserError
+
 ROOT = Path(__file__).parents[3]
 BAD = ROOT / "tests" / "corpus" / "invalid" / "negative-gpus.yaml"
 
@@ -131,3 +133,23 @@ def test_no_cross_checks_for_single_files(tmp_path: Path) -> None:
     )
     assert mlsmctl("validate", str(path)).returncode == 1
     assert mlsmctl("validate", "--no-cross-checks", str(path)).returncode == 0
+
+
+def _run(run_id: str, attempt: int, rank: int, ranks: list[int]) -> dict[str, object]:
+    return {"id": run_id, "attempt": attempt, "rank": rank, "ranks": ranks, "createdAt": ""}
+
+
+def test_logs_rank_k_reads_the_run_that_holds_that_process() -> None:
+    from mlsm.cli.main import _latest, _rank_run
+
+    runs = [_run("old", 1, 0, [0, 1]), _run("a", 2, 0, [2, 3]), _run("b", 2, 1, [0, 1])]
+    assert _rank_run("j", runs, 0) == (runs[2], True), "the latest attempt's, filtered"
+    assert _rank_run("j", runs, 3) == (runs[1], True)
+    assert _latest(runs)["id"] == "b", "metrics: the run hosting process rank 0"
+    with pytest.raises(UserError, match="rank 7 of job j has written no line yet; ranks seen"):
+        _rank_run("j", runs, 7)
+    # one process per node (no marked lines): rank K is node rank K, unfiltered
+    plain = [_run("x", 1, 0, []), _run("y", 1, 1, [])]
+    assert _rank_run("j", plain, 1) == (plain[1], False)
+    with pytest.raises(UserError, match="has node ranks 0-1; no rank 2"):
+        _rank_run("j", plain, 2)
