@@ -13,7 +13,7 @@ from mlsm import manifests, planning
 from mlsm.cli.client import Client
 from mlsm.schemas.phases import JobPhase
 
-__all__ = ["diff_lines", "plan_against"]
+__all__ = ["diff_lines", "field_changes", "plan_against"]
 
 _ADDED_METADATA = ("uid", "generation", "specHash", "createdAt", "updatedAt", "deletedAt",
                    "source", "commit")  # fmt: skip
@@ -76,7 +76,7 @@ def diff_lines(plan: planning.Plan, live: dict[tuple[str, str], dict[str, Any]])
             d = action.desired
             yield f"~ {d.kind}/{d.name}  generation {action.stored.generation + 1}"
             old = _manifest(live[action.stored.key])
-            yield from (f"    {line}" for line in _field_changes(old, d.manifest or {}))
+            yield from (f"    {line}" for line in field_changes(old, d.manifest or {}))
         elif isinstance(action, planning.Relocate):
             s, d = action.stored, action.desired
             yield f"~ {s.kind}/{s.name}  moves {s.path}:{s.line} -> {d.path}:{d.line}"
@@ -102,7 +102,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def _field_changes(old: dict[str, Any], new: dict[str, Any]) -> Iterator[str]:
+def field_changes(old: dict[str, Any], new: dict[str, Any]) -> Iterator[str]:
     before, after = _flatten(old), _flatten(new)
     for field in sorted(before.keys() | after.keys()):
         if field not in after:

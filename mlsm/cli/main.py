@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from mlsm import __version__, manifests, schemas
-from mlsm.cli import diffing, views
+from mlsm.cli import diffing, merging, views
 from mlsm.cli.client import DEFAULT_SERVER, Client
 from mlsm.cli.output import Format, print_problems
 from mlsm.errors import UserError
@@ -459,6 +459,41 @@ def diff(
         typer.echo("no changes", err=True)
         return
     raise typer.Exit(1)
+
+
+class PlanFormat(StrEnum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
+@app.command()
+def plan(
+    base: Annotated[str, typer.Option("--base", show_default=False,
+                                      help="The pull request's base (a branch or commit).")],
+    head: Annotated[str, typer.Option("--head", help="Its head.")] = "HEAD",
+    repo: Annotated[str, typer.Option("--repo", help="The manifests repository.")] = ".",
+    path: Annotated[str, typer.Option("--path", help="The manifests' folder in it.")] = "",
+    output: Annotated[PlanFormat, typer.Option("--output", "-o", help="text; markdown (a "
+                      "pull-request comment); json.")] = PlanFormat.text,
+    version: VersionOption = False,
+) -> None:  # fmt: skip
+    """What merging HEAD into BASE would do: objects created, changed (field by field,
+    with the generation that bumps) and removed, every error at file:line:col, and
+    for each new or changed job where it would run or why it would wait.
+
+    From the repository alone: the plan says what it cannot know without the fleet's
+    live state. Exit status as `mlsmctl diff`: 0 no change, 1 changes, 2 errors.
+    """
+    try:
+        found = merging.merge_plan(repo, base, head, path)
+    except manifests.SourceError as exc:
+        raise UsageError(str(exc)) from exc
+    typer.echo(merging.render(found, output.value), nl=False)
+    if found.problems:
+        raise typer.Exit(2)
+    if found.changed:
+        raise typer.Exit(1)
 
 
 def _manifest_text(filename: str) -> str:

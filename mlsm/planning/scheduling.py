@@ -80,6 +80,8 @@ class ScheduleResult:
     bindings: list[Binding] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)
     """job name -> why it waits."""
+    order: list[str] = field(default_factory=list)
+    """Every job, in the order the pass considered it: its place in the queue."""
 
 
 @dataclass(slots=True)
@@ -167,6 +169,7 @@ def schedule(
         while heap:
             _, _, _, owner = heapq.heappop(heap)
             job = queues[owner].pop()
+            result.order.append(job.name)
             binding = _place(job, nodes, free, result)
             if binding is not None:
                 result.bindings.append(binding)

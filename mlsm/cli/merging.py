@@ -1,0 +1,311 @@
+"""`mlsmctl plan --base REV --head REV`: what merging a pull request would do, from
+the manifests repository alone (no controller).
+
+Both commits are loaded from git (never the working tree; the head's unchanged files
+are read once), the pure sync planner compares them, and for each job the merge
+creates or changes, the pure scheduler says where it would run or why it would wait.
+
+Against manifests alone, the fleet's live state is unknown, and the plan says so:
+nodes are taken as Ready and idle, with the GPUs, CPU and memory their manifests'
+`spec.capacity` declares (unset: not limited here, as the agent would report them);
+datasets as present where the catalog places them; and whether a removed job is
+still running, or which queued jobs a new one would delay, is not known.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlsm import manifests, planning, schemas
+from mlsm.cli.diffing import field_changes
+
+__all__ = ["Change", "MergePlan", "merge_plan", "render"]
+
+UNKNOWN_WITHOUT_SERVER = (
+    "whether each node is Ready and what runs on it now (nodes are taken as idle, with "
+    "their declared capacity)",
+    "the GPUs, CPU and memory of nodes whose manifest declares no capacity (not limited here)",
+    "whether each dataset is really on its nodes (taken as present where the catalog says)",
+    "whether a removed job is still running (removing it cancels it if so)",
+    "the jobs already queued, so a new job's place behind them and whose jobs it delays",
+)
+"""What a plan from manifests alone cannot know; `--server` knows the fleet."""
+
+_PLENTY = 1 << 16
+"""A capacity the manifests leave to the agent: not a limit here."""
+
+
+@dataclass(slots=True)
+class Change:
+    """One object the merge would change."""
+
+    kind: str
+    name: str
+    action: str
+    """create | update | remove | invalid | move | valid-again"""
+    path: str
+    line: int
+    generation: int | None = None
+    """The generation it would have: a job's changes bump it, and reach its runs."""
+    fields: list[str] = field(default_factory=list)
+    """Field by field: '+ spec.env.A: "1"', '~ spec.resources.gpus: 1 -> 2'."""
+    error: str = ""
+    cancels: bool = False
+    runs_on: list[str] = field(default_factory=list)
+    """A job: where it would run now (node names)."""
+    waits: str = ""
+    """A job: why it would wait (the scheduler's own words)."""
+    queue: int | None = None
+    """A job: its place among the jobs this merge queues (1: first)."""
+    undeclared: list[str] = field(default_factory=list)
+    """Of `runs_on`, the nodes whose manifest declares no capacity the job needs: it
+    runs there only if their agents report enough."""
+
+
+@dataclass(slots=True)
+class MergePlan:
+    base: str
+    head: str
+    changes: list[Change] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """Every validation error at the head, as file:line:col: error: ..."""
+    held: str = ""
+    unknown: tuple[str, ...] = UNKNOWN_WITHOUT_SERVER
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def merge_plan(repository: str, base: str, head: str, subdir: str = "") -> MergePlan:
+    """Load both commits and plan the merge (raises manifests.SourceError)."""
+    cache = manifests.GitTreeCache()
+    before = manifests.load_git_tree(repository, base, subdir, cross_checks=False, cache=cache)
+    after = manifests.load_git_tree(repository, head, subdir, cache=cache)
+    old, new = planning.desired_state(before), planning.desired_state(after)
+    stored = [
+        planning.Stored(kind=d.kind, name=d.name, uid="", hash=d.hash, path=d.path, line=d.line,
+                        generation=1 if d.manifest is not None else 0,
+                        valid=d.manifest is not None, error=d.error, finished=False)
+        for d in old.objects.values()
+    ]  # fmt: skip
+    plan = planning.plan_sync(new, stored)
+    result = MergePlan(base=base, head=head, held=plan.held)
+    result.problems = [str(p) for p in after.problems]
+    for action in plan.actions:
+        result.changes.append(_change(action, old))
+    _place(result, new)
+    return result
+
+
+def _change(action: planning.Action, old: planning.DesiredState) -> Change:
+    match action:
+        case planning.Create(desired=d):
+            if d.manifest is None:
+                return Change(d.kind, d.name, "invalid", d.path, d.line, error=d.error)
+            return Change(d.kind, d.name, "create", d.path, d.line, generation=1)
+        case planning.Update(desired=d, stored=s):
+            before = old.objects[s.key].manifest or {}
+            return Change(d.kind, d.name, "update", d.path, d.line, generation=s.generation + 1,
+                          fields=list(field_changes(before, d.manifest or {})))  # fmt: skip
+        case planning.Relocate(desired=d):
+            return Change(d.kind, d.name, "move", d.path, d.line)
+        case planning.Revalidate(desired=d):
+            return Change(d.kind, d.name, "valid-again", d.path, d.line)
+        case planning.Invalidate(stored=s, error=error):
+            return Change(s.kind, s.name, "invalid", s.path, s.line, error=error)
+        case planning.Prune(stored=s, cancel=cancel):
+            return Change(s.kind, s.name, "remove", s.path, s.line, cancels=cancel)
+    raise AssertionError(f"unknown action {action!r}")
+
+
+def _place(result: MergePlan, state: planning.DesiredState) -> None:
+    """Where each created or changed job would run, on the head's nodes taken idle."""
+    nodes = {
+        d.name: schemas.Node.model_validate(d.manifest)
+        for d in state.objects.values()
+        if d.kind == "Node" and d.manifest is not None
+    }
+    jobs = {
+        c.name: c
+        for c in result.changes
+        if c.kind == "TrainingJob" and c.action in ("create", "update")
+    }
+    pending = {}
+    for index, name in enumerate(jobs):
+        manifest = state.objects[("TrainingJob", name)].manifest
+        pending[name] = _pending(schemas.TrainingJob.model_validate(manifest), index)
+    views = [_node_view(node, state) for node in nodes.values()]
+    outcome = planning.schedule(pending.values(), views)
+    for place, name in enumerate(outcome.order, start=1):
+        jobs[name].queue = place
+    for binding in outcome.bindings:
+        change, job = jobs[binding.job], pending[binding.job]
+        change.runs_on = [p.node for p in binding.placements]
+        change.undeclared = [n for n in change.runs_on if _undeclared(nodes[n], job)]
+    for name, why in outcome.waiting.items():
+        jobs[name].waits = why
+
+
+def _undeclared(node: schemas.Node, job: planning.PendingJob) -> bool:
+    """Whether the node's manifest leaves to its agent the GPUs or memory the job needs."""
+    capacity = node.spec.capacity
+    return bool(job.gpus and capacity.gpus is None) or bool(job.memory and capacity.memory is None)
+
+
+def _node_view(node: schemas.Node, state: planning.DesiredState) -> planning.NodeView:
+    spec, name = node.spec, node.metadata.name
+    capacity = spec.capacity
+    gpus = capacity.gpus if capacity.gpus is not None else _PLENTY
+    held = frozenset(
+        d.name for d in state.objects.values()
+        if d.kind == "Dataset" and d.manifest is not None
+        and any(place.get("node") == name for place in d.manifest["spec"].get("locations", []))
+    )  # fmt: skip
+    return planning.NodeView(
+        name=name,
+        unschedulable=spec.unschedulable,
+        labels=dict(node.metadata.labels),
+        runtimes=frozenset(spec.runtimes),
+        no_schedule=frozenset((t.key, t.value) for t in spec.taints if t.effect == "NoSchedule"),
+        free_gpus=tuple(range(gpus)),
+        free_cpu=float(capacity.cpu) if capacity.cpu is not None else float(_PLENTY),
+        free_memory=int(capacity.memory) if capacity.memory is not None else None,
+        datasets=held,
+    )
+
+
+def _pending(job: schemas.TrainingJob, index: int) -> planning.PendingJob:
+    s = job.spec
+    return planning.PendingJob(
+        name=job.metadata.name, owner=job.metadata.owner or "", priority=s.priority,
+        submitted=float(index), gpus=s.resources.gpus, cpu=s.resources.cpu,
+        memory=s.resources.memory, selector=dict(s.node_selector),
+        runtime="docker" if s.runtime.docker is not None else "venv",
+        tolerations=frozenset((t.key, t.operator, t.value) for t in s.tolerations),
+        dataset=s.dataset, nodes=s.nodes,
+    )  # fmt: skip
+
+
+# -- output ------------------------------------------------------------------------
+
+_SIGNS = {"create": "+", "update": "~", "move": "~", "valid-again": "~", "remove": "-",
+          "invalid": "!"}  # fmt: skip
+
+
+def render(plan: MergePlan, output: str) -> str:
+    if output == "json":  # camelCase, as the API's JSON
+        return json.dumps(_camel(asdict(plan) | {"changed": plan.changed}), indent=2) + "\n"
+    lines = _markdown(plan) if output == "markdown" else _text(plan)
+    return "\n".join(lines) + "\n"
+
+
+def _camel(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_camel_key(k): _camel(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_camel(v) for v in value]
+    return value
+
+
+def _camel_key(key: str) -> str:
+    first, *rest = key.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def _summary(plan: MergePlan) -> str:
+    counts: dict[str, int] = {}
+    for change in plan.changes:
+        counts[change.action] = counts.get(change.action, 0) + 1
+    said = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
+    return f"{plan.base}..{plan.head}: " + (said or "no changes")
+
+
+def _where(change: Change) -> str:
+    if change.runs_on:
+        said = f"would run now on {', '.join(change.runs_on)}"
+        if change.undeclared:
+            which = ", ".join(change.undeclared)
+            said += f" (if {which} has room: its manifest leaves the capacity to its agent)"
+        return said
+    if change.waits:
+        return f"would wait: {change.waits}"
+    return ""
+
+
+def _text(plan: MergePlan) -> Iterator[str]:
+    yield _summary(plan)
+    for change in plan.changes:
+        head = f"{_SIGNS[change.action]} {change.kind}/{change.name}  ({change.path}:{change.line})"
+        if change.generation is not None and change.action == "update":
+            head += f"  generation {change.generation}"
+        if change.cancels:
+            head += "  (cancels it if it is still running)"
+        yield head
+        yield from (f"    {line}" for line in change.fields)
+        if change.error:
+            yield f"    {change.error}"
+        if change.kind == "TrainingJob" and (where := _where(change)):
+            yield f"    {where} (queue position {change.queue})"
+    if plan.held:
+        yield f"held: {plan.held}"
+    yield from plan.problems
+    if plan.changes:
+        yield "not known without --server: " + "; ".join(plan.unknown)
+
+
+def _cell(text: str) -> str:
+    """Text for a table cell: pipes and newlines would break the table."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(plan: MergePlan) -> Iterator[str]:
+    yield "### mlsm plan"
+    yield ""
+    yield f"`{plan.base}` → `{plan.head}`: {_summary(plan).split(': ', 1)[1]}."
+    if plan.problems:
+        yield ""
+        yield f"**{len(plan.problems)} error(s)** (the merge would keep the last valid specs):"
+        yield ""
+        yield from (f"- `{_cell(p)}`" for p in plan.problems[:50])
+        if len(plan.problems) > 50:
+            yield f"- … and {len(plan.problems) - 50} more (`mlsmctl validate`)"
+    if plan.held:
+        yield ""
+        yield f"**Held:** {plan.held}"
+    if not plan.changes:
+        return
+    yield ""
+    yield "| | object | file | what it does |"
+    yield "|---|---|---|---|"
+    for change in plan.changes:
+        what = {"create": "created", "update": f"changed (generation {change.generation})",
+                "move": "moved (no change)", "valid-again": "valid again",
+                "remove": "removed" + (", cancelling it if running" if change.cancels else ""),
+                "invalid": "invalid: kept at its last valid spec"}[change.action]  # fmt: skip
+        if change.kind == "TrainingJob" and (where := _where(change)):
+            what += f"; {where}"
+        yield (f"| {_SIGNS[change.action]} | {change.kind}/{change.name} | "
+               f"`{change.path}:{change.line}` | {_cell(what)} |")  # fmt: skip
+    detailed = [c for c in plan.changes if c.fields or c.error]
+    if detailed:
+        yield ""
+        yield "<details><summary>Field by field</summary>"
+        yield ""
+        for change in detailed:
+            yield f"**{change.kind}/{change.name}**"
+            yield ""
+            yield "```diff"
+            yield from change.fields or [f"! {change.error}"]
+            yield "```"
+            yield ""
+        yield "</details>"
+    yield ""
+    yield "<details><summary>Not known from the manifests alone</summary>"
+    yield ""
+    yield from (f"- {item}" for item in plan.unknown)
+    yield ""
+    yield "</details>"
