@@ -85,7 +85,9 @@ def merge_plan(repository: str, base: str, head: str, subdir: str = "") -> Merge
     cache = manifests.GitTreeCache()
     before = manifests.load_git_tree(repository, base, subdir, cross_checks=False, cache=cache)
     after = manifests.load_git_tree(repository, head, subdir, cache=cache)
-    old, new = planning.desired_state(before), planning.desired_state(after)
+    memo: planning.ManifestMemo = {}  # an unchanged file's objects are serialised once
+    old = planning.desired_state(before, memo=memo)
+    new = planning.desired_state(after, memo=memo)
     stored = [
         planning.Stored(kind=d.kind, name=d.name, uid="", hash=d.hash, path=d.path, line=d.line,
                         generation=1 if d.manifest is not None else 0,

@@ -36,6 +36,7 @@ __all__ = [
     "Desired",
     "DesiredState",
     "Invalidate",
+    "ManifestMemo",
     "Plan",
     "Prune",
     "Relocate",
