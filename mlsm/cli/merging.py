@@ -83,7 +83,7 @@ class MergePlan:
 def merge_plan(repository: str, base: str, head: str, subdir: str = "") -> MergePlan:
     """Load both commits and plan the merge (raises manifests.SourceError)."""
     cache = manifests.GitTreeCache()
-    before = manifests.load_git_tree(repository, base, subdir, cross_checks=False, cache=cache)
+    before = manifests.load_git_tree(repository, base, subdir, cache=cache)  # checked alike
     after = manifests.load_git_tree(repository, head, subdir, cache=cache)
     memo: planning.ManifestMemo = {}  # an unchanged file's objects are serialised once
     old = planning.desired_state(before, memo=memo)

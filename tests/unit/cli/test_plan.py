@@ -148,3 +148,16 @@ def test_the_markdown_comment_stays_a_table_with_fifty_jobs(repo: Repo) -> None:
     running = [row for row in rows if "would run now on gpu-1" in row]
     assert len(running) == 4, "gpu-1's 4 GPUs; the rest wait, and say why"
     assert sum("would wait: 0/2 nodes available: 2 insufficient GPUs" in r for r in rows) == 47
+
+
+def test_both_commits_are_checked_alike_so_only_the_pull_request_s_changes_show(
+    repo: Repo,
+) -> None:
+    """--path jobs hides the nodes from both commits' cross-checks: the jobs that were
+    already unplaceable at the base are not changes of this pull request."""
+    base = repo.git("rev-parse", "--short", "HEAD")
+    repo.write("jobs/new.yaml", job("new"))
+    head = repo.commit("one more job")
+    done = plan(repo, "--base", base, "--head", head, "--path", "jobs", "-o", "json")
+    changes = json.loads(done.stdout)["changes"]
+    assert [(c["name"], c["action"]) for c in changes] == [("new", "invalid")]
