@@ -82,9 +82,7 @@ class MergePlan:
 
 def merge_plan(repository: str, base: str, head: str, subdir: str = "") -> MergePlan:
     """Load both commits and plan the merge (raises manifests.SourceError)."""
-    cache = manifests.GitTreeCache()
-    before = manifests.load_git_tree(repository, base, subdir, cache=cache)  # checked alike
-    after = manifests.load_git_tree(repository, head, subdir, cache=cache)
+    before, after = manifests.load_git_change(repository, base, head, subdir)
     memo: planning.ManifestMemo = {}  # an unchanged file's objects are serialised once
     old = planning.desired_state(before, memo=memo)
     new = planning.desired_state(after, memo=memo)

@@ -21,6 +21,7 @@ from mlsm.manifests.loading import (
     check_paths,
     discover,
     load_bytes,
+    load_git_change,
     load_git_tree,
     load_paths,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "facts_of",
     "format_field",
     "load_bytes",
+    "load_git_change",
     "load_git_tree",
     "load_paths",
     "never_takes",

@@ -124,7 +124,12 @@ class _FileOutcome(NamedTuple):
     broken: list[tuple[str, str]]
 
 
-def _check_bytes(data: bytes, path: str, limits: Limits, *, keep: bool) -> _FileOutcome:
+Keep = bool | frozenset[str]
+"""Which objects a check returns: all, none (facts and problems only: cheap between
+processes), or those of these kinds."""
+
+
+def _check_bytes(data: bytes, path: str, limits: Limits, *, keep: Keep) -> _FileOutcome:
     parsed = parse_bytes(data, path, limits)
     outcome = _FileOutcome(path, [], [], parsed.problems, [])
     locator = Locator(lambda _: data)
@@ -133,7 +138,7 @@ def _check_bytes(data: bytes, path: str, limits: Limits, *, keep: bool) -> _File
         result = validate_document(document, path=path, locator=locator, budget=budget)
         if isinstance(result, Located):
             outcome.facts.append(facts_of(result))
-            if keep:
+            if keep is True or (keep and result.kind in keep):
                 outcome.objects.append(result)
         else:
             outcome.problems.extend(result)
@@ -154,6 +159,13 @@ def _check_files(paths: Sequence[str], limits: Limits, keep: bool) -> list[_File
             else:
                 out.append(_check_bytes(data, path, limits, keep=keep))
     return out
+
+
+def _check_texts(
+    items: Sequence[tuple[str, bytes]], limits: Limits, keep: Keep
+) -> list[_FileOutcome]:
+    with paused_gc():
+        return [_check_bytes(data, path, limits, keep=keep) for path, data in items]
 
 
 def _cpu_count() -> int:
@@ -184,6 +196,27 @@ def _check_in_workers(
     except (BrokenProcessPool, OSError):  # a worker died (memory?): finish here
         for chunk in chunks[done:]:
             yield from _check_files(chunk, limits, False)
+
+
+def _check_texts_in_workers(
+    items: Sequence[tuple[str, bytes]], limits: Limits, keep: Keep, workers: int | None
+) -> list[_FileOutcome]:
+    """Outcomes of files already read, from forked workers when there are enough."""
+    workers = _cpu_count() if workers is None else workers
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if workers <= 1 or len(items) < PARALLEL_MIN_FILES or not can_fork:
+        return _check_texts(items, limits, keep)
+    size = max(64, len(items) // (workers * 4))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    out: list[_FileOutcome] = []
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for outcomes in pool.map(_check_texts, chunks, repeat(limits), repeat(keep)):
+                out.extend(outcomes)
+    except (BrokenProcessPool, OSError):  # a worker died (memory?): finish here
+        out = _check_texts(items, limits, keep)
+    return out
 
 
 def _finish(
@@ -362,6 +395,57 @@ def _read_blobs(repo: Any, blobs: Sequence[str]) -> dict[str, bytes]:
         out[blob] = data[end + 1 : end + 1 + size]
         at = end + 1 + size + 1
     return out
+
+
+def load_git_change(
+    repository: str | os.PathLike[str],
+    base: str,
+    head: str,
+    subdir: str = "",
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    keep_kinds: frozenset[str] = frozenset({"Node", "Dataset"}),
+    workers: int | None = None,
+) -> tuple[LoadResult, LoadResult]:
+    """Two commits of one change, for a plan, both checked alike (cross-checks on).
+
+    Each result holds every file's facts and problems, but the objects only of the
+    files the change touches, and of `keep_kinds` everywhere: an unchanged file's
+    jobs cannot change. A file both commits hold unchanged is read and checked once,
+    in worker processes when there are many; the rest in this one.
+    """
+    import git
+
+    repo = _open_repo(os.fspath(repository))
+    try:
+        old = _git_entries(repo, os.fspath(repository), base, subdir.strip("/"))
+        new = _git_entries(repo, os.fspath(repository), head, subdir.strip("/"))
+        fits = [e for e in {*old, *new} if e[2] <= limits.max_bytes]
+        read = _read_blobs(repo, [blob for _, blob, _ in fits])
+    except git.exc.GitError as exc:
+        raise SourceError(f"{repository}: cannot read {base} or {head}: {exc}") from exc
+    finally:
+        repo.close()
+    shared = set(old) & set(new)
+    outcomes: dict[tuple[str, str], _FileOutcome] = {}
+    for path, blob, size in {*old, *new}:
+        if size > limits.max_bytes:
+            outcomes[path, blob] = _FileOutcome(path, [], [], [too_large(path, size, limits)], [])
+    unchanged = sorted((p, read[b]) for p, b, s in shared if (p, b) not in outcomes)
+    blobs = {p: b for p, b, _ in shared}
+    for outcome in _check_texts_in_workers(unchanged, limits, keep_kinds, workers):
+        outcomes[outcome.path, blobs[outcome.path]] = outcome
+    with paused_gc():
+        for path, blob, _ in sorted({*old, *new} - shared):
+            if (path, blob) not in outcomes:
+                outcomes[path, blob] = _check_bytes(read[blob], path, limits, keep=True)
+
+    def finish(entries: list[tuple[str, str, int]]) -> LoadResult:
+        texts = {path: read.get(blob, b"") for path, blob, _ in entries}
+        found = [outcomes[path, blob] for path, blob, _ in entries]
+        return _finish(found, Locator(texts.__getitem__), cross_checks=True)
+
+    return finish(old), finish(new)
 
 
 def _open_repo(repository: str) -> Any:

@@ -161,3 +161,19 @@ def test_both_commits_are_checked_alike_so_only_the_pull_request_s_changes_show(
     done = plan(repo, "--base", base, "--head", head, "--path", "jobs", "-o", "json")
     changes = json.loads(done.stdout)["changes"]
     assert [(c["name"], c["action"]) for c in changes] == [("new", "invalid")]
+
+
+def test_a_new_job_named_as_one_in_an_unchanged_file_is_an_error_and_old_errors_stay(
+    repo: Repo,
+) -> None:
+    repo.write("jobs/broken.yaml", job("broken", gpus=-1))
+    base = repo.commit("a job that was already broken")
+    repo.write("jobs/again.yaml", job("old"))  # jobs/old.yaml, unchanged, has that name
+    head = repo.commit("the same name twice")
+    done = plan(repo, "--base", base, "--head", head, "-o", "json")
+    found = json.loads(done.stdout)
+    assert done.returncode == 2
+    assert any("duplicate TrainingJob/old" in p for p in found["problems"])
+    assert any("jobs/broken.yaml" in p for p in found["problems"]), "every error at the head"
+    names = sorted(c["name"] for c in found["changes"])
+    assert names == ["old"], "the broken job did not change; the duplicate did"
