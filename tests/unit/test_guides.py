@@ -13,7 +13,8 @@ from mlsm import manifests
 from mlsm.cli.main import app
 
 DOCS = Path(__file__).parents[2] / "docs"
-GUIDES = ["researchers.md"]
+GUIDES = ["researchers.md", "admins.md"]
+PROGRAMS = ("mlsmctl", "mlsm-controller", "mlsm-agent")
 
 
 def blocks(text: str, language: str) -> list[str]:
@@ -29,15 +30,29 @@ def test_every_manifest_in_a_guide_is_valid(guide: str) -> None:
         assert not result.problems, "\n".join(map(str, result.problems))
 
 
+def commands(text: str) -> list[list[str]]:
+    """The command lines of a guide's sh blocks (continuations joined, comments cut)."""
+    found = []
+    for block in blocks(text, "sh"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = line.split("#")[0].split()
+            if words and words[0] in PROGRAMS:
+                found.append(words)
+    return found
+
+
 @pytest.mark.parametrize("guide", GUIDES)
-def test_every_mlsmctl_command_in_a_guide_exists_with_its_options(guide: str) -> None:
+def test_every_command_in_a_guide_exists_with_its_options(guide: str) -> None:
+    from mlsm.agent.main import app as agent
+    from mlsm.controller.main import app as controller
+
+    apps = {"mlsmctl": app, "mlsm-controller": controller, "mlsm-agent": agent}
+    found = commands((DOCS / guide).read_text())
+    assert found, "the guide shows commands"
     runner = CliRunner()
-    commands = [line.split("#")[0].split() for block in blocks((DOCS / guide).read_text(), "sh")
-                for line in block.splitlines() if line.startswith("mlsmctl ")]  # fmt: skip
-    assert commands
-    for words in commands:
-        name = words[1]
-        shown = runner.invoke(app, [name, "--help"])
-        assert shown.exit_code == 0, f"mlsmctl {name}: {shown.output}"
-        for option in (w.split("=")[0] for w in words[2:] if w.startswith("-")):
-            assert option in shown.output, f"mlsmctl {name} has no {option}"
+    for program, *words in found:
+        path = [w for w in words if not w.startswith("-")][:2]
+        shown = runner.invoke(apps[program], [*path, "--help"])
+        assert shown.exit_code == 0, f"{program} {' '.join(path)}: {shown.output}"
+        for option in (w.split("=")[0] for w in words if w.startswith("-")):
+            assert option in shown.output, f"{program} {' '.join(path)} has no {option}"
