@@ -418,8 +418,13 @@ def load_git_change(
 
     repo = _open_repo(os.fspath(repository))
     try:
-        old = _git_entries(repo, os.fspath(repository), base, subdir.strip("/"))
         new = _git_entries(repo, os.fspath(repository), head, subdir.strip("/"))
+        try:
+            old = _git_entries(repo, os.fspath(repository), base, subdir.strip("/"))
+        except SourceError as exc:  # a change that adds the folder: nothing before it
+            if not subdir or "no folder" not in str(exc):
+                raise
+            old = []
         fits = [e for e in {*old, *new} if e[2] <= limits.max_bytes]
         read = _read_blobs(repo, [blob for _, blob, _ in fits])
     except git.exc.GitError as exc:

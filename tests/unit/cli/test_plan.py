@@ -177,3 +177,16 @@ def test_a_new_job_named_as_one_in_an_unchanged_file_is_an_error_and_old_errors_
     assert any("jobs/broken.yaml" in p for p in found["problems"]), "every error at the head"
     names = sorted(c["name"] for c in found["changes"])
     assert names == ["old"], "the broken job did not change; the duplicate did"
+
+
+def test_a_pull_request_that_adds_the_manifests_folder_creates_what_it_holds(
+    repo: Repo,
+) -> None:
+    base = repo.git("rev-parse", "--short", "HEAD")
+    repo.write("lab/jobs/first.yaml", job("first"))
+    head = repo.commit("a folder of its own")
+    done = plan(repo, "--base", base, "--head", head, "--path", "lab", "-o", "json")
+    assert [(c["name"], c["action"]) for c in json.loads(done.stdout)["changes"]] == [
+        ("first", "invalid")  # no Node in lab/: no node can run it, as at any commit
+    ]
+    assert plan(repo, "--base", base, "--head", base, "--path", "lab").returncode == 2
