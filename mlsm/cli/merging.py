@@ -87,11 +87,20 @@ def merge_plan(repository: str, base: str, head: str, subdir: str = "") -> Merge
     old = planning.desired_state(before, memo=memo)
     new = planning.desired_state(after, memo=memo)
     stored = [
-        planning.Stored(kind=d.kind, name=d.name, uid="", hash=d.hash, path=d.path, line=d.line,
-                        generation=1 if d.manifest is not None else 0,
-                        valid=d.manifest is not None, error=d.error, finished=False)
+        planning.Stored(
+            kind=d.kind,
+            name=d.name,
+            uid="",
+            hash=d.hash,
+            path=d.path,
+            line=d.line,
+            generation=1 if d.manifest is not None else 0,
+            valid=d.manifest is not None,
+            error=d.error,
+            finished=False,
+        )
         for d in old.objects.values()
-    ]  # fmt: skip
+    ]
     plan = planning.plan_sync(new, stored)
     result = MergePlan(base=base, head=head, held=plan.held)
     result.problems = [str(p) for p in after.problems]
@@ -109,8 +118,15 @@ def _change(action: planning.Action, old: planning.DesiredState) -> Change:
             return Change(d.kind, d.name, "create", d.path, d.line, generation=1)
         case planning.Update(desired=d, stored=s):
             before = old.objects[s.key].manifest or {}
-            return Change(d.kind, d.name, "update", d.path, d.line, generation=s.generation + 1,
-                          fields=list(field_changes(before, d.manifest or {})))  # fmt: skip
+            return Change(
+                d.kind,
+                d.name,
+                "update",
+                d.path,
+                d.line,
+                generation=s.generation + 1,
+                fields=list(field_changes(before, d.manifest or {})),
+            )
         case planning.Relocate(desired=d):
             return Change(d.kind, d.name, "move", d.path, d.line)
         case planning.Revalidate(desired=d):
@@ -137,7 +153,10 @@ def _place(result: MergePlan, state: planning.DesiredState) -> None:
     pending = {}
     for index, name in enumerate(jobs):
         manifest = state.objects[("TrainingJob", name)].manifest
-        pending[name] = _pending(schemas.TrainingJob.model_validate(manifest), index)
+        spec = schemas.TrainingJob.model_validate(manifest)
+        pending[name] = planning.PendingJob.of(
+            spec, owner=spec.metadata.owner or "", submitted=float(index)
+        )
     views = [_node_view(node, state) for node in nodes.values()]
     outcome = planning.schedule(pending.values(), views)
     for place, name in enumerate(outcome.order, start=1):
@@ -161,10 +180,12 @@ def _node_view(node: schemas.Node, state: planning.DesiredState) -> planning.Nod
     capacity = spec.capacity
     gpus = capacity.gpus if capacity.gpus is not None else _PLENTY
     held = frozenset(
-        d.name for d in state.objects.values()
-        if d.kind == "Dataset" and d.manifest is not None
+        d.name
+        for d in state.objects.values()
+        if d.kind == "Dataset"
+        and d.manifest is not None
         and any(place.get("node") == name for place in d.manifest["spec"].get("locations", []))
-    )  # fmt: skip
+    )
     return planning.NodeView(
         name=name,
         unschedulable=spec.unschedulable,
@@ -178,22 +199,16 @@ def _node_view(node: schemas.Node, state: planning.DesiredState) -> planning.Nod
     )
 
 
-def _pending(job: schemas.TrainingJob, index: int) -> planning.PendingJob:
-    s = job.spec
-    return planning.PendingJob(
-        name=job.metadata.name, owner=job.metadata.owner or "", priority=s.priority,
-        submitted=float(index), gpus=s.resources.gpus, cpu=s.resources.cpu,
-        memory=s.resources.memory, selector=dict(s.node_selector),
-        runtime="docker" if s.runtime.docker is not None else "venv",
-        tolerations=frozenset((t.key, t.operator, t.value) for t in s.tolerations),
-        dataset=s.dataset, nodes=s.nodes,
-    )  # fmt: skip
-
-
 # -- output ------------------------------------------------------------------------
 
-_SIGNS = {"create": "+", "update": "~", "move": "~", "valid-again": "~", "remove": "-",
-          "invalid": "!"}  # fmt: skip
+_SIGNS = {
+    "create": "+",
+    "update": "~",
+    "move": "~",
+    "valid-again": "~",
+    "remove": "-",
+    "invalid": "!",
+}
 
 
 def render(plan: MergePlan, output: str) -> str:
@@ -282,14 +297,20 @@ def _markdown(plan: MergePlan) -> Iterator[str]:
     yield "| | object | file | what it does |"
     yield "|---|---|---|---|"
     for change in plan.changes:
-        what = {"create": "created", "update": f"changed (generation {change.generation})",
-                "move": "moved (no change)", "valid-again": "valid again",
-                "remove": "removed" + (", cancelling it if running" if change.cancels else ""),
-                "invalid": "invalid: kept at its last valid spec"}[change.action]  # fmt: skip
+        what = {
+            "create": "created",
+            "update": f"changed (generation {change.generation})",
+            "move": "moved (no change)",
+            "valid-again": "valid again",
+            "remove": "removed" + (", cancelling it if running" if change.cancels else ""),
+            "invalid": "invalid: kept at its last valid spec",
+        }[change.action]
         if change.kind == "TrainingJob" and (where := _where(change)):
             what += f"; {where}"
-        yield (f"| {_SIGNS[change.action]} | {change.kind}/{change.name} | "
-               f"`{change.path}:{change.line}` | {_cell(what)} |")  # fmt: skip
+        yield (
+            f"| {_SIGNS[change.action]} | {change.kind}/{change.name} | "
+            f"`{change.path}:{change.line}` | {_cell(what)} |"
+        )
     detailed = [c for c in plan.changes if c.fields or c.error]
     if detailed:
         yield ""

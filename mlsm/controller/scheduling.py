@@ -84,18 +84,6 @@ def _node_view(
     )
 
 
-def _pending_view(job: Job, spec: schemas.TrainingJob) -> planning.PendingJob:
-    s = spec.spec
-    runtime = "docker" if s.runtime.docker is not None else "venv"
-    tolerations = frozenset((t.key, t.operator, t.value) for t in s.tolerations)
-    return planning.PendingJob(
-        name=job.name, owner=job.owner, priority=s.priority,
-        submitted=job.created_at.timestamp(), gpus=s.resources.gpus, cpu=s.resources.cpu,
-        memory=s.resources.memory, selector=dict(s.node_selector), runtime=runtime,
-        tolerations=tolerations, dataset=s.dataset, nodes=s.nodes,
-    )  # fmt: skip
-
-
 def assign(
     session: Session, *, grace: dt.timedelta, now: dt.datetime | None = None
 ) -> AssignOutcome:
@@ -136,8 +124,11 @@ def assign(
         _node_view(n, held.get(n.name, []), leases.is_ready(n.last_heartbeat_at, now), checksums)
         for n in nodes
     ]
-    result = planning.schedule([_pending_view(j, s) for j, s in pending], views,
-                               gpus_in_use=in_use)  # fmt: skip
+    waiting = [
+        planning.PendingJob.of(s, owner=j.owner, submitted=j.created_at.timestamp())
+        for j, s in pending
+    ]
+    result = planning.schedule(waiting, views, gpus_in_use=in_use)
     jobs = {job.name: job for job, _ in pending}
     by_node = {n.name: n for n in nodes}
     touched: set[str] = set()

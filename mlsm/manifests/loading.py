@@ -345,10 +345,11 @@ def load_git_tree(
         texts: dict[str, bytes] = {}
         with paused_gc():
             unread = [
-                blob for path, blob, size in entries
+                blob
+                for path, blob, size in entries
                 if size <= limits.max_bytes
                 and not ((path, blob) in previous.outcomes and path in previous.texts)
-            ]  # fmt: skip
+            ]
             read = _read_blobs(repo, unread)
             for path, blob, size in entries:
                 known = previous.outcomes.get((path, blob))

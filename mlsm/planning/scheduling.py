@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mlsm import schemas
 from mlsm.manifests.crosschecking import never_takes
 
 __all__ = ["Binding", "NodeView", "PendingJob", "Placement", "ScheduleResult", "schedule"]
@@ -61,6 +62,25 @@ class PendingJob:
     """(key, operator, value) tolerated: operator Exists tolerates every value."""
     dataset: str | None = None
     nodes: int = 1
+
+    @classmethod
+    def of(cls, job: schemas.TrainingJob, *, owner: str, submitted: float) -> PendingJob:
+        """What the scheduler needs of a job's spec (the controller and `mlsmctl plan`)."""
+        s = job.spec
+        return cls(
+            name=job.metadata.name,
+            owner=owner,
+            priority=s.priority,
+            submitted=submitted,
+            gpus=s.resources.gpus,
+            cpu=s.resources.cpu,
+            memory=s.resources.memory,
+            selector=dict(s.node_selector),
+            runtime="docker" if s.runtime.docker is not None else "venv",
+            tolerations=frozenset((t.key, t.operator, t.value) for t in s.tolerations),
+            dataset=s.dataset,
+            nodes=s.nodes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
