@@ -13,7 +13,7 @@ from mlsm import manifests, planning
 from mlsm.cli.client import Client
 from mlsm.schemas.phases import JobPhase
 
-__all__ = ["diff_lines", "field_changes", "plan_against"]
+__all__ = ["diff_lines", "field_changes", "plan_against", "stored_manifest"]
 
 _ADDED_METADATA = ("uid", "generation", "specHash", "createdAt", "updatedAt", "deletedAt",
                    "source", "commit")  # fmt: skip
@@ -32,7 +32,7 @@ def _stored(obj: dict[str, Any]) -> planning.Stored:
     )  # fmt: skip
 
 
-def _manifest(obj: dict[str, Any]) -> dict[str, Any]:
+def stored_manifest(obj: dict[str, Any]) -> dict[str, Any]:
     """The manifest as stored: the API's object without what the controller adds."""
     metadata = {k: v for k, v in obj["metadata"].items() if k not in _ADDED_METADATA}
     return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": metadata,
@@ -75,7 +75,7 @@ def diff_lines(plan: planning.Plan, live: dict[tuple[str, str], dict[str, Any]])
         elif isinstance(action, planning.Update):
             d = action.desired
             yield f"~ {d.kind}/{d.name}  generation {action.stored.generation + 1}"
-            old = _manifest(live[action.stored.key])
+            old = stored_manifest(live[action.stored.key])
             yield from (f"    {line}" for line in field_changes(old, d.manifest or {}))
         elif isinstance(action, planning.Relocate):
             s, d = action.stored, action.desired

@@ -469,11 +469,17 @@ class PlanFormat(StrEnum):
 
 @app.command()
 def plan(
-    base: Annotated[str, typer.Option("--base", show_default=False,
-                                      help="The pull request's base (a branch or commit).")],
+    base: Annotated[str | None, typer.Option("--base", show_default=False,
+                    help="The pull request's base (a branch or commit).")] = None,
     head: Annotated[str, typer.Option("--head", help="Its head.")] = "HEAD",
     repo: Annotated[str, typer.Option("--repo", help="The manifests repository.")] = ".",
     path: Annotated[str, typer.Option("--path", help="The manifests' folder in it.")] = "",
+    filename: Annotated[str | None, typer.Option("--filename", "-f", show_default=False,
+                        help="Instead of --base: a manifests directory planned as the "
+                        "branch against the controller (--server), which knows the "
+                        "fleet's live state.")] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
     output: Annotated[PlanFormat, typer.Option("--output", "-o", help="text; markdown (a "
                       "pull-request comment); json.")] = PlanFormat.text,
     version: VersionOption = False,
@@ -482,13 +488,26 @@ def plan(
     with the generation that bumps) and removed, every error at file:line:col, and
     for each new or changed job where it would run or why it would wait.
 
-    From the repository alone: the plan says what it cannot know without the fleet's
-    live state. Exit status as `mlsmctl diff`: 0 no change, 1 changes, 2 errors.
+    With --base, from the repository alone: the plan says what it cannot know without
+    the fleet's live state. With -f PATH, against the controller: live readiness and
+    free GPUs, the real queue, and whose queued jobs each new job would delay.
+    Exit status as `mlsmctl diff`: 0 no change, 1 changes, 2 errors.
     """
-    try:
-        found = merging.merge_plan(repo, base, head, path)
-    except manifests.SourceError as exc:
-        raise UsageError(str(exc)) from exc
+    if (base is None) == (filename is None):
+        raise UsageError(
+            "give --base REV (plan a pull request from the repository) or "
+            "-f PATH (plan PATH against the controller), not both"
+        )
+    if filename is not None:
+        if not Path(filename).exists():
+            raise UsageError(f"{filename}: no such file or directory")
+        found = merging.server_plan(Client(server, token), filename, owner=_author())
+    else:
+        assert base is not None
+        try:
+            found = merging.merge_plan(repo, base, head, path)
+        except manifests.SourceError as exc:
+            raise UsageError(str(exc)) from exc
     typer.echo(merging.render(found, output.value), nl=False)
     if found.problems:
         raise typer.Exit(2)

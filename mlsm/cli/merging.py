@@ -1,6 +1,6 @@
-"""`mlsmctl plan --base REV --head REV`: what merging a pull request would do, from
-the manifests repository alone (no controller).
+"""`mlsmctl plan`: what merging a pull request would do.
 
+`--base REV --head REV` plans from the manifests repository alone (no controller).
 Both commits are loaded from git (never the working tree; the head's unchanged files
 are read once), the pure sync planner compares them, and for each job the merge
 creates or changes, the pure scheduler says where it would run or why it would wait.
@@ -10,6 +10,10 @@ nodes are taken as Ready and idle, with the GPUs, CPU and memory their manifests
 `spec.capacity` declares (unset: not limited here, as the agent would report them);
 datasets as present where the catalog places them; and whether a removed job is
 still running, or which queued jobs a new one would delay, is not known.
+
+`-f PATH --server URL` plans PATH as the branch against a running controller, which
+knows all of that: the objects it holds (so a removed job's cancel is certain), and
+`POST /api/v1/plan` runs its scheduler over the live queue and nodes, read only.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlsm import manifests, planning, schemas
+from mlsm.cli import diffing
+from mlsm.cli.client import Client
 from mlsm.cli.diffing import field_changes
 
-__all__ = ["Change", "MergePlan", "merge_plan", "render"]
+__all__ = ["Change", "MergePlan", "merge_plan", "render", "server_plan"]
+
+Manifests = dict[tuple[str, str], dict[str, Any]]
+"""The manifests the merge starts from, by (kind, name)."""
 
 UNKNOWN_WITHOUT_SERVER = (
     "whether each node is Ready and what runs on it now (nodes are taken as idle, with "
@@ -63,6 +72,10 @@ class Change:
     undeclared: list[str] = field(default_factory=list)
     """Of `runs_on`, the nodes whose manifest declares no capacity the job needs: it
     runs there only if their agents report enough."""
+    delays: list[str] = field(default_factory=list)
+    """A job (--server): the queued jobs it would delay ("ada's vit: 2nd -> 3rd")."""
+    settled: str = ""
+    """A changed job that runs or has finished (--server): why the change starts nothing."""
 
 
 @dataclass(slots=True)
@@ -74,6 +87,10 @@ class MergePlan:
     """Every validation error at the head, as file:line:col: error: ..."""
     held: str = ""
     unknown: tuple[str, ...] = UNKNOWN_WITHOUT_SERVER
+    server: str = ""
+    """The controller planned against (-f PATH --server), else ""."""
+    queued: int | None = None
+    """How many jobs would be pending with this merge's (--server)."""
 
     @property
     def changed(self) -> bool:
@@ -104,20 +121,60 @@ def merge_plan(repository: str, base: str, head: str, subdir: str = "") -> Merge
     plan = planning.plan_sync(new, stored)
     result = MergePlan(base=base, head=head, held=plan.held)
     result.problems = [str(p) for p in after.problems]
-    for action in plan.actions:
-        result.changes.append(_change(action, old))
+    manifests_before = {k: d.manifest for k, d in old.objects.items() if d.manifest is not None}
+    result.changes = [_change(action, manifests_before) for action in plan.actions]
     _place(result, new)
     return result
 
 
-def _change(action: planning.Action, old: planning.DesiredState) -> Change:
+def server_plan(client: Client, path: str, *, owner: str) -> MergePlan:
+    """PATH as the branch, against the controller's objects, queue and nodes. A new job
+    without `metadata.owner` is taken as `owner`'s (the committer, as a merge would)."""
+    plan, live, problems = diffing.plan_against(client, path)
+    result = MergePlan(base=client.server, head=path, held=plan.held, unknown=())
+    result.server = client.server
+    result.problems = [str(p) for p in problems]
+    before = {key: diffing.stored_manifest(obj) for key, obj in live.items()}
+    result.changes = [_change(action, before) for action in plan.actions]
+    proposed = {
+        action.desired.name: action.desired.manifest
+        for action in plan.actions
+        if isinstance(action, planning.Create | planning.Update)
+        and action.desired.kind == "TrainingJob"
+        and action.desired.manifest is not None
+    }
+    if not proposed:
+        return result
+    removed = [
+        action.stored.name
+        for action in plan.actions
+        if isinstance(action, planning.Prune) and action.stored.kind == "TrainingJob"
+    ]
+    body = {
+        "jobs": [{"manifest": m, "owner": owner} for m in proposed.values()],
+        "removed": removed,
+    }
+    found = client.post("/plan", body)
+    result.queued = found["queued"]
+    for change in result.changes:
+        if change.kind != "TrainingJob" or change.name not in proposed:
+            continue
+        name = change.name
+        change.runs_on = found["runsOn"].get(name, [])
+        change.waits = found["waiting"].get(name, "")
+        change.queue = found["queue"].get(name)
+        change.delays = found["delays"].get(name, [])
+        change.settled = found["settled"].get(name, "")
+    return result
+
+
+def _change(action: planning.Action, before: Manifests) -> Change:
     match action:
         case planning.Create(desired=d):
             if d.manifest is None:
                 return Change(d.kind, d.name, "invalid", d.path, d.line, error=d.error)
             return Change(d.kind, d.name, "create", d.path, d.line, generation=1)
         case planning.Update(desired=d, stored=s):
-            before = old.objects[s.key].manifest or {}
             return Change(
                 d.kind,
                 d.name,
@@ -125,7 +182,7 @@ def _change(action: planning.Action, old: planning.DesiredState) -> Change:
                 d.path,
                 d.line,
                 generation=s.generation + 1,
-                fields=list(field_changes(before, d.manifest or {})),
+                fields=list(field_changes(before.get(s.key, {}), d.manifest or {})),
             )
         case planning.Relocate(desired=d):
             return Change(d.kind, d.name, "move", d.path, d.line)
@@ -236,10 +293,23 @@ def _summary(plan: MergePlan) -> str:
     for change in plan.changes:
         counts[change.action] = counts.get(change.action, 0) + 1
     said = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
-    return f"{plan.base}..{plan.head}: " + (said or "no changes")
+    return f"{_span(plan)}: " + (said or "no changes")
+
+
+def _span(plan: MergePlan, quote: str = "") -> str:
+    """What is planned: `base..head`, or `PATH against URL`."""
+    if plan.server:
+        return f"{quote}{plan.head}{quote} against {plan.server}"
+    return (
+        f"{quote}{plan.base}{quote} → {quote}{plan.head}{quote}"
+        if quote
+        else f"{plan.base}..{plan.head}"
+    )
 
 
 def _where(change: Change) -> str:
+    if change.settled:
+        return change.settled
     if change.runs_on:
         said = f"would run now on {', '.join(change.runs_on)}"
         if change.undeclared:
@@ -264,12 +334,21 @@ def _text(plan: MergePlan) -> Iterator[str]:
         if change.error:
             yield f"    {change.error}"
         if change.kind == "TrainingJob" and (where := _where(change)):
-            yield f"    {where} (queue position {change.queue})"
+            yield f"    {where}{_place_in_queue(plan, change)}"
+        yield from (f"    delays {delayed}" for delayed in change.delays)
     if plan.held:
         yield f"held: {plan.held}"
     yield from plan.problems
-    if plan.changes:
+    if plan.changes and plan.unknown:
         yield "not known without --server: " + "; ".join(plan.unknown)
+
+
+def _place_in_queue(plan: MergePlan, change: Change) -> str:
+    if change.queue is None:
+        return ""
+    if plan.queued is not None:
+        return f" ({change.queue} of {plan.queued} in the queue)"
+    return f" (queue position {change.queue})"
 
 
 def _cell(text: str) -> str:
@@ -280,7 +359,7 @@ def _cell(text: str) -> str:
 def _markdown(plan: MergePlan) -> Iterator[str]:
     yield "### mlsm plan"
     yield ""
-    yield f"`{plan.base}` → `{plan.head}`: {_summary(plan).split(': ', 1)[1]}."
+    yield f"{_span(plan, '`')}: {_summary(plan).split(': ', 1)[1]}."
     if plan.problems:
         yield ""
         yield f"**{len(plan.problems)} error(s)** (the merge would keep the last valid specs):"
@@ -306,7 +385,9 @@ def _markdown(plan: MergePlan) -> Iterator[str]:
             "invalid": "invalid: kept at its last valid spec",
         }[change.action]
         if change.kind == "TrainingJob" and (where := _where(change)):
-            what += f"; {where}"
+            what += f"; {where}{_place_in_queue(plan, change)}"
+        if change.delays:
+            what += "; delays " + ", ".join(change.delays)
         yield (
             f"| {_SIGNS[change.action]} | {change.kind}/{change.name} | "
             f"`{change.path}:{change.line}` | {_cell(what)} |"
@@ -324,9 +405,10 @@ def _markdown(plan: MergePlan) -> Iterator[str]:
             yield "```"
             yield ""
         yield "</details>"
-    yield ""
-    yield "<details><summary>Not known from the manifests alone</summary>"
-    yield ""
-    yield from (f"- {item}" for item in plan.unknown)
-    yield ""
-    yield "</details>"
+    if plan.unknown:
+        yield ""
+        yield "<details><summary>Not known from the manifests alone</summary>"
+        yield ""
+        yield from (f"- {item}" for item in plan.unknown)
+        yield ""
+        yield "</details>"

@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from mlsm.controller import committing
+from mlsm import schemas
+from mlsm.controller import committing, scheduling
 from mlsm.controller.agents import AgentApi
 from mlsm.controller.inputs import (
     APPLY_BODY,
@@ -55,6 +56,7 @@ KINDS = {
     "trainingjobs": "TrainingJob",
 }
 MAX_LIMIT = 1000
+MAX_PLAN_JOBS = 10_000
 BATCH = 100
 """Rows of a list page read and encoded at once."""
 
@@ -441,6 +443,49 @@ class Api:
         self.request_sync()  # sync now
         return JSONResponse(result)
 
+    async def plan(self, request: Request) -> Response:
+        """Where proposed jobs would run now, or why they would wait, and whose queued
+        jobs they would delay: the scheduler over the live queue and nodes, read only
+        (`mlsmctl plan -f PATH`). Body: {"jobs": [{"manifest": {...}, "owner": "..."}],
+        "removed": ["<job the merge prunes>", ...]}."""
+        body = await read_json(request, APPLY_BODY)
+        items = body.get("jobs") if isinstance(body, dict) else None
+        removed = body.get("removed", []) if isinstance(body, dict) else None
+        if (
+            not isinstance(items, list)
+            or len(items) > MAX_PLAN_JOBS
+            or not isinstance(removed, list)
+            or not all(isinstance(name, str) for name in removed)
+        ):
+            shape = '{"jobs": [{"manifest": {...}, "owner": "..."}], "removed": ["name"]}'
+            raise HttpError(400, f"the body must be JSON: {shape}, at most {MAX_PLAN_JOBS} jobs")
+        proposed: list[tuple[schemas.TrainingJob, str]] = []
+        for index, item in enumerate(items):
+            try:
+                job = schemas.TrainingJob.model_validate(item["manifest"])
+                owner = str(item.get("owner") or "")
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                first = str(exc).splitlines()[0]
+                raise HttpError(400, f"jobs[{index}] is not a valid TrainingJob: {first}") from None
+            proposed.append((job, job.metadata.owner or owner))
+        grace = self.agents.leases.grace
+
+        def look() -> dict[str, Any]:
+            with self.store.read() as session:
+                found = scheduling.preview(
+                    session, proposed, removed=frozenset(removed), grace=grace
+                )
+            return {
+                "runsOn": found.runs_on,
+                "waiting": found.waiting,
+                "queue": found.queue,
+                "queued": found.queued,
+                "delays": found.delays,
+                "settled": found.settled,
+            }
+
+        return JSONResponse(await self.call(look))
+
     def _kind(self, plural: str) -> str:
         kind = KINDS.get(plural.lower())
         if kind is None:
@@ -530,6 +575,7 @@ def create_app(
         Route(f"{p}/hooks/git", api.webhook, methods=["POST"]),
         Route(f"{p}/apply", api.apply, methods=["POST"]),
         Route(f"{p}/delete", api.delete, methods=["POST"]),
+        Route(f"{p}/plan", api.plan, methods=["POST"]),
         Route(p + "/agent/nodes/{node}/heartbeat", agents.heartbeat, methods=["POST"]),
         Route(p + "/agent/nodes/{node}/assignments", agents.assignments),
         Route(p + "/agent/nodes/{node}/runs/{run}/status", agents.report, methods=["POST"]),

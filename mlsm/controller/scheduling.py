@@ -26,7 +26,7 @@ from mlsm.schemas.phases import JobPhase, RunPhase
 from mlsm.store import Dataset, Job, Node, Run
 from mlsm.store.types import utcnow
 
-__all__ = ["AssignOutcome", "assign"]
+__all__ = ["AssignOutcome", "Preview", "assign", "preview"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,24 +84,48 @@ def _node_view(
     )
 
 
-def assign(
-    session: Session, *, grace: dt.timedelta, now: dt.datetime | None = None
-) -> AssignOutcome:
-    """Bind what can run now. The caller commits (inside the scheduling lock)."""
-    now = now or utcnow()
+@dataclass(slots=True)
+class _Queue:
+    """What a scheduling pass starts from: the pending jobs and the nodes as they are."""
+
+    pending: list[tuple[Job, schemas.TrainingJob]]
+    nodes: list[Node]
+    views: list[planning.NodeView]
+    in_use: Counter[str]
+    """GPUs each owner's active runs hold (fair share)."""
+
+    def waiting(self) -> list[planning.PendingJob]:
+        return [
+            planning.PendingJob.of(s, owner=j.owner, submitted=j.created_at.timestamp())
+            for j, s in self.pending
+        ]
+
+
+def _queue(
+    session: Session,
+    *,
+    grace: dt.timedelta,
+    now: dt.datetime,
+    always: bool = False,
+    without: frozenset[str] = frozenset(),
+) -> _Queue:
+    """The pass's inputs; the nodes are read only when a job waits, or `always`. The
+    jobs named in `without` are taken as gone: out of the queue, their GPUs free."""
     candidates = session.scalars(select(Job).where(
         Job.deleted_at.is_(None), Job.phase == JobPhase.PENDING, Job.generation > 0,
     )).all()  # fmt: skip
     pending: list[tuple[Job, schemas.TrainingJob]] = []
     for job in candidates:
+        if job.name in without:
+            continue
         spec = job_spec(job)
         if spec is None or spec.spec.suspend:
             continue
         if job.next_attempt_at is not None and job.next_attempt_at > now:
             continue
         pending.append((job, spec))
-    if not pending:  # the usual pass: nothing waits, so no node needs reading
-        return AssignOutcome(0, 0, frozenset())
+    if not pending and not always:  # the usual pass: nothing waits, so no node needs reading
+        return _Queue([], [], [], Counter())
     nodes = list(
         session.scalars(select(Node).where(Node.deleted_at.is_(None), Node.generation > 0))
     )
@@ -110,6 +134,8 @@ def assign(
     held: dict[str, list[tuple[Run, schemas.TrainingJob | None]]] = {}
     in_use: Counter[str] = Counter()
     for run, job in active:
+        if job.name in without:
+            continue
         spec = job_spec(job)
         held.setdefault(run.node or "", []).append((run, spec))
         in_use[job.owner] += len(run.gpus)
@@ -124,11 +150,19 @@ def assign(
         _node_view(n, held.get(n.name, []), leases.is_ready(n.last_heartbeat_at, now), checksums)
         for n in nodes
     ]
-    waiting = [
-        planning.PendingJob.of(s, owner=j.owner, submitted=j.created_at.timestamp())
-        for j, s in pending
-    ]
-    result = planning.schedule(waiting, views, gpus_in_use=in_use)
+    return _Queue(pending, nodes, views, in_use)
+
+
+def assign(
+    session: Session, *, grace: dt.timedelta, now: dt.datetime | None = None
+) -> AssignOutcome:
+    """Bind what can run now. The caller commits (inside the scheduling lock)."""
+    now = now or utcnow()
+    queue = _queue(session, grace=grace, now=now)
+    if not queue.pending:
+        return AssignOutcome(0, 0, frozenset())
+    pending, nodes = queue.pending, queue.nodes
+    result = planning.schedule(queue.waiting(), queue.views, gpus_in_use=queue.in_use)
     jobs = {job.name: job for job, _ in pending}
     by_node = {n.name: n for n in nodes}
     touched: set[str] = set()
@@ -154,3 +188,106 @@ def assign(
                                        message=message, now=now)  # fmt: skip
         record(session, job, "FailedScheduling", message, warning=True, actor="scheduler", now=now)
     return AssignOutcome(len(result.bindings), len(result.waiting), frozenset(touched))
+
+
+@dataclass(slots=True)
+class Preview:
+    """What the next scheduling pass would do if proposed jobs were merged now: the
+    live queue and nodes, read and never written (`POST /api/v1/plan`)."""
+
+    runs_on: dict[str, list[str]]
+    """A proposed job that would start now -> its nodes."""
+    waiting: dict[str, str]
+    """A proposed job that would wait -> the scheduler's own words."""
+    queue: dict[str, int]
+    """A proposed job -> its place among every pending job (1: considered first)."""
+    queued: int
+    """How many jobs would be pending with the proposed ones."""
+    delays: dict[str, list[str]]
+    """A proposed job -> the queued jobs it would delay, fair share included
+    ("ada's resnet: would no longer start now", "bob's vit: 2nd -> 3rd in the queue")."""
+    settled: dict[str, str]
+    """A proposed job that exists and is not pending -> why the change starts nothing now."""
+
+
+def preview(
+    session: Session,
+    proposed: list[tuple[schemas.TrainingJob, str]],
+    *,
+    removed: frozenset[str] = frozenset(),
+    grace: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> Preview:
+    """Schedule the live queue twice, without and with the proposed (job, owner)s: a
+    proposed job replaces a pending one of its name (keeping its place by submission),
+    a new one queues after everything pending, and one that runs or has finished
+    starts nothing (a spec change reaches a job's next attempt, not its running one).
+    The `removed` jobs are taken as cancelled (the merge prunes them): their GPUs free."""
+    now = now or utcnow()
+    queue = _queue(session, grace=grace, now=now, always=True, without=removed)
+    names = [job.metadata.name for job, _ in proposed]
+    rows = {
+        row.name: row
+        for start in range(0, len(names), 500)
+        for row in session.scalars(
+            select(Job).where(Job.deleted_at.is_(None), Job.name.in_(names[start : start + 500]))
+        )
+    }
+    base = queue.waiting()
+    submitted = {j.name: j.submitted for j in base}
+    settled: dict[str, str] = {}
+    mine: dict[str, planning.PendingJob] = {}
+    after = now.timestamp()
+    for index, (job, owner) in enumerate(proposed):
+        name, row = job.metadata.name, rows.get(job.metadata.name)
+        if row is not None and row.phase != JobPhase.PENDING:
+            settled[name] = _settled(row)
+            continue
+        if job.spec.suspend:
+            settled[name] = "suspended (spec.suspend): it waits until that is false"
+            continue
+        when = submitted.get(name, after + index)
+        mine[name] = planning.PendingJob.of(job, owner=row.owner if row else owner, submitted=when)
+    others = [j for j in base if j.name not in mine]
+    before = planning.schedule(base, queue.views, gpus_in_use=queue.in_use)
+    with_mine = planning.schedule([*others, *mine.values()], queue.views, gpus_in_use=queue.in_use)
+    place_before = {name: i for i, name in enumerate(before.order, start=1)}
+    place = {name: i for i, name in enumerate(with_mine.order, start=1)}
+    bound_before = {b.job for b in before.bindings}
+    runs_on = {b.job: [p.node for p in b.placements] for b in with_mine.bindings if b.job in mine}
+    delays: dict[str, list[str]] = {name: [] for name in mine}
+    owners = {j.name: j.owner for j in others}
+    for other in others:
+        name = other.name
+        if name in bound_before and name not in with_mine.waiting:
+            continue  # starts now either way
+        if name in bound_before:
+            said = "would no longer start now"
+        elif place[name] > place_before[name]:
+            said = f"{_ordinal(place_before[name])} -> {_ordinal(place[name])} in the queue"
+        else:
+            continue
+        who = f"{owners[name]}'s {name}" if owners[name] else name
+        for ahead in mine:  # blame the proposed jobs the pass now considers before it
+            if place[ahead] < place[name]:
+                delays[ahead].append(f"{who}: {said}")
+    return Preview(
+        runs_on=runs_on,
+        waiting={n: why for n, why in with_mine.waiting.items() if n in mine},
+        queue={n: place[n] for n in mine},
+        queued=len(with_mine.order),
+        delays=delays,
+        settled=settled,
+    )
+
+
+def _settled(row: Job) -> str:
+    phase = JobPhase(row.phase)
+    if phase.finished:
+        return f"{phase.value}: a finished job does not run again (rename it to rerun)"
+    return f"{phase.value}: the change reaches its next attempt, not the one running"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.databases import sqlite_only
-from tests.integration.conftest import GitRepo, job, node, wait_for
+from tests.integration.conftest import GitRepo, issue_node_token, job, node, phase, wait_for
 
 
 def mlsmctl(client: httpx.Client, *args: str) -> subprocess.CompletedProcess[str]:
@@ -134,6 +134,66 @@ def test_diff_says_what_the_controller_would_do_with_a_path(
         "+ TrainingJob/new  (jobs/new.yaml:1)",
         "- TrainingJob/drop (cancels it: it has not finished)",
     ]
+
+
+def gpu_job(name: str, gpus: int, owner: str = "ada") -> str:
+    return (
+        textwrap.dedent(job(name))
+        .lstrip()
+        .replace("gpus: 1", f"gpus: {gpus}")
+        .replace("owner: ada", f"owner: {owner}")
+    )
+
+
+@sqlite_only
+def test_plan_against_the_controller_knows_the_fleet_and_the_queue(
+    start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path, database_url: str
+) -> None:
+    """`mlsmctl plan -f PATH`: the live node (its heartbeat, its free GPUs), the jobs
+    bound on it, the queue, and a removed job's GPUs taken as freed by its cancel."""
+    repo.write("nodes/gpu-1.yaml", node("gpu-1", gpus=2))
+    repo.write("jobs/train.yaml", job("train"))
+    repo.write("jobs/drop.yaml", job("drop"))
+    sha = repo.commit()
+    client = start(str(repo.root), "--poll-interval", "0.2", "--no-watch")
+    wait_for(lambda: client.get("/api/v1/sync").json()["items"][0]["commit"]["sha"] == sha)
+    token = issue_node_token(database_url, "gpu-1")
+    gpus = [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-1"}]
+    inventory = {"cpus": 8, "memory": 32 << 30, "runtimes": ["venv"], "gpus": gpus}
+    beat = client.post("/api/v1/agent/nodes/gpu-1/heartbeat", json={"inventory": inventory},
+                       headers={"authorization": f"Bearer {token}"})  # fmt: skip
+    assert beat.status_code == 200, beat.text
+    wait_for(lambda: phase(client, "train") == phase(client, "drop") == "Scheduled")
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(repo.root, checkout, ignore=shutil.ignore_patterns(".git"))
+    (checkout / "jobs" / "drop.yaml").unlink()  # frees one GPU when the merge cancels it
+    (checkout / "jobs" / "big.yaml").write_text(gpu_job("big", 2, owner="bob"))
+    (checkout / "jobs" / "small.yaml").write_text(gpu_job("small", 1, owner="bob"))
+    (checkout / "jobs" / "train.yaml").write_text(textwrap.dedent(job("train", epochs=3)).lstrip())
+    done = mlsmctl(client, "plan", "-f", str(checkout))
+    assert done.returncode == 1, done.stderr
+    text = done.stdout
+    assert (
+        text.splitlines()[0]
+        == f"{checkout} against {client.base_url}: 2 create, 1 remove, 1 update"
+    )
+    assert "- TrainingJob/drop  (jobs/drop.yaml:1)  (cancels it if it is still running)" in text
+    assert "    would run now on gpu-1 (2 of 2 in the queue)" in text  # small: drop's GPU
+    assert "would wait: 0/1 nodes available: 1 insufficient GPUs (1 of 2 in the queue)" in text
+    assert "    Scheduled: the change reaches its next attempt, not the one running" in text
+    assert "not known without --server" not in text
+
+    markdown = mlsmctl(client, "plan", "-f", str(checkout), "-o", "markdown").stdout
+    assert f"`{checkout}` against {client.base_url}" in markdown
+    assert "Not known from the manifests alone" not in markdown
+    as_json = json.loads(mlsmctl(client, "plan", "-f", str(checkout), "-o", "json").stdout)
+    small = next(c for c in as_json["changes"] if c["name"] == "small")
+    assert (small["runsOn"], small["queue"], as_json["queued"]) == (["gpu-1"], 2, 2)
+    with_both = mlsmctl(client, "plan", "-f", str(checkout), "--base", "main")
+    assert with_both.returncode == 2
+    assert "not both" in with_both.stderr
+    assert len(client.get("/api/v1/runs").json()["items"]) == 2  # the plans bound nothing
 
 
 def issue_token(client: httpx.Client, database_url: str, role: str) -> str:
