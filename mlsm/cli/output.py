@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
@@ -74,7 +75,7 @@ def print_problems(
     for problem in problems:
         if format is Format.github:
             properties = (
-                f"file={_escape_property(problem.path)},line={problem.line},"
+                f"file={_escape_property(_repository_path(problem.path))},line={problem.line},"
                 f"col={problem.column},title={_escape_property('mlsm validate')}"
             )
             out.write(f"::error {properties}::{_escape_data(problem.describe())}\n")
@@ -83,3 +84,14 @@ def print_problems(
             label = typer.style("error:", fg="red", bold=True) if color else "error:"
             out.write(f"{where} {label} {problem.describe()}\n")
     out.write(_summary(problems, objects=objects, files=files) + "\n")
+
+
+def _repository_path(path: str) -> str:
+    """A path as GitHub matches annotations to a diff: relative to the workspace (the
+    working directory), without `./`."""
+    normal = os.path.normpath(path)
+    if os.path.isabs(normal):
+        relative = os.path.relpath(normal)
+        if not relative.startswith(".."):
+            return relative
+    return normal

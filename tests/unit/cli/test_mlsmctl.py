@@ -68,11 +68,15 @@ def test_json_output() -> None:
     ]  # fmt: skip
 
 
-def test_github_output_annotates_the_diff() -> None:
-    done = mlsmctl("validate", "-o", "github", str(BAD))
+@pytest.mark.parametrize(
+    "given", [str(BAD), "./" + str(BAD.relative_to(ROOT))], ids=["absolute", "dot-slash"]
+)
+def test_github_output_annotates_the_diff(given: str) -> None:
+    """Paths as GitHub matches them to the diff: relative to the workspace, no `./`."""
+    done = mlsmctl("validate", "-o", "github", given)
     assert done.returncode == 1
     assert done.stdout.splitlines()[0] == (
-        f"::error file={BAD},line=11,col=11,title=mlsm validate::"
+        f"::error file={BAD.relative_to(ROOT)},line=11,col=11,title=mlsm validate::"
         "TrainingJob/neg: spec.resources.gpus: must be >= 0, got -1"
     )
 
