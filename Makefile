@@ -7,12 +7,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: help install lock system engine test unit lint format run bench clean
+.PHONY: help install lock system engine test unit lint format docs run bench clean
 
 help:
 	@echo "make test    install into .venv, lint, validate manifests/, run the test suite"
 	@echo "make lint    ruff, mypy --strict, import-linter"
 	@echo "make engine  a Docker Engine API (Podman's) and the test images; prints DOCKER_HOST"
+	@echo "make docs    regenerate docs/reference/ (manifest and CLI references)"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (on purpose only)"
 	@echo "make bench   benchmarks in bench/ (prints figures)"
 	@echo "make run     the main job (see README)"
@@ -52,6 +53,11 @@ engine: $(STAMP)
 
 lock:
 	$(PYTHON) tools/lock_dependencies.py
+
+# docs/reference/: the manifest reference from the schemas, the CLI reference from the
+# commands (tests/unit/test_reference.py fails when they are out of date).
+docs: $(STAMP)
+	$(BIN)/python tools/make_reference.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mlsm tests bench tools

@@ -249,6 +249,9 @@ def _node_view(node: schemas.Node, state: planning.DesiredState) -> planning.Nod
         labels=dict(node.metadata.labels),
         runtimes=frozenset(spec.runtimes),
         no_schedule=frozenset((t.key, t.value) for t in spec.taints if t.effect == "NoSchedule"),
+        prefer_no_schedule=frozenset(
+            (t.key, t.value) for t in spec.taints if t.effect == "PreferNoSchedule"
+        ),
         free_gpus=tuple(range(gpus)),
         free_cpu=float(capacity.cpu) if capacity.cpu is not None else float(_PLENTY),
         free_memory=int(capacity.memory) if capacity.memory is not None else None,

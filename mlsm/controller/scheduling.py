@@ -65,18 +65,22 @@ def _node_view(
     runtimes = set(spec.get("runtimes", ["venv", "docker"]))
     if "runtimes" in inventory:
         runtimes &= set(inventory["runtimes"])
-    taints = frozenset(
-        (t["key"], t.get("value", ""))
-        for t in spec.get("taints", [])
-        if t.get("effect", "NoSchedule") == "NoSchedule"
-    )
+
+    def taints(effect: str) -> frozenset[tuple[str, str]]:
+        return frozenset(
+            (t["key"], t.get("value", ""))
+            for t in spec.get("taints", [])
+            if t.get("effect", "NoSchedule") == effect
+        )
+
     return planning.NodeView(
         name=node.name,
         ready=ready,
         unschedulable=bool(spec.get("unschedulable", False)),
         labels=node.labels,
         runtimes=frozenset(runtimes),
-        no_schedule=taints,
+        no_schedule=taints("NoSchedule"),
+        prefer_no_schedule=taints("PreferNoSchedule"),
         free_gpus=tuple(i for i in gpus if i not in used),
         free_cpu=max(cpu, 0.0),
         free_memory=memory,

@@ -6,8 +6,9 @@ Order: higher priority first; at equal priority the owner with fewer GPUs in use
 goes first (fair share, updated as this pass binds jobs); then submission order.
 A job goes only to a node that is Ready and schedulable, matches its nodeSelector,
 tolerates the node's NoSchedule taints, offers its runtime, holds its dataset (as
-the node's agent reports), and has the GPUs, CPU and memory free; among those, the
-one it fits most tightly (fewest GPUs left over), so large jobs keep room. GPUs are
+the node's agent reports), and has the GPUs, CPU and memory free; among those, one
+without a PreferNoSchedule taint the job does not tolerate, then the one it fits
+most tightly (fewest GPUs left over), so large jobs keep room. GPUs are
 bound by index and never overcommitted. A job that needs several nodes gets all of
 them or none. A job that cannot run is told why, as Kubernetes does:
 `0/3 nodes available: 2 insufficient GPUs, 1 lacks dataset cats`.
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mlsm import schemas
-from mlsm.manifests.crosschecking import never_takes
+from mlsm.manifests.crosschecking import never_takes, tolerates
 
 __all__ = ["Binding", "NodeView", "PendingJob", "Placement", "ScheduleResult", "schedule"]
 
@@ -37,6 +38,9 @@ class NodeView:
     runtimes: frozenset[str] = frozenset({"venv", "docker"})
     no_schedule: frozenset[tuple[str, str]] = frozenset()
     """NoSchedule taints as (key, value)."""
+    prefer_no_schedule: frozenset[tuple[str, str]] = frozenset()
+    """PreferNoSchedule taints: a job that does not tolerate one goes here only when no
+    untainted node fits."""
     free_gpus: tuple[int, ...] = ()
     """Indices of the GPUs not bound to a run."""
     free_cpu: float = 0.0
@@ -204,19 +208,20 @@ def _place(
     job: PendingJob, nodes: Sequence[NodeView], free: dict[str, _Free], result: ScheduleResult
 ) -> Binding | None:
     reasons: Counter[str] = Counter()
-    fits: list[tuple[int, str, NodeView]] = []
+    fits: list[tuple[bool, int, str]] = []
     for node in nodes:
         refusal = _refusal(job, node, free[node.name])
         if refusal is None:
-            fits.append((len(free[node.name].gpus) - job.gpus, node.name, node))
+            shunned = any(not tolerates(job.tolerations, t) for t in node.prefer_no_schedule)
+            fits.append((shunned, len(free[node.name].gpus) - job.gpus, node.name))
         else:
             reasons[refusal] += 1
     if len(fits) < job.nodes:
         result.waiting[job.name] = _message(len(nodes), reasons, job, len(fits))
         return None
-    fits.sort(key=lambda item: (item[0], item[1]))  # tightest fit first, then by name
+    fits.sort()  # untainted first (PreferNoSchedule), then the tightest fit, then by name
     placements = []
-    for _, name, _node in fits[: job.nodes]:
+    for _, _, name in fits[: job.nodes]:
         room = free[name]
         taken, room.gpus = tuple(room.gpus[: job.gpus]), room.gpus[job.gpus :]
         room.cpu -= job.cpu

@@ -68,6 +68,7 @@ class ObjectMeta(SpecModel):
         examples=[{"gpu": "a100", "team": "vision"}],
     )
     annotations: dict[str, str] = Field(
+        examples=[{"mlsm.dev/paper": "arXiv:2401.00001"}],
         default_factory=dict,
         description="Free-form notes for tools and people; never used for selection.",
     )

@@ -49,7 +49,9 @@ def _check_checksum(value: str) -> str:
 class DatasetLocation(SpecModel):
     """One copy of the dataset on one node's disk."""
 
-    node: ResourceName = Field(description="Name of the Node that holds this copy.")
+    node: ResourceName = Field(
+        examples=["gpu-1"], description="Name of the Node that holds this copy."
+    )
     path: StoragePath = Field(
         description="Folder relative to that node's storage root (no '..', not absolute).",
         examples=["datasets/digits"],
@@ -69,13 +71,18 @@ class DatasetSpec(SpecModel):
         "agent reports it present.",
     )
     checksum: Annotated[str, AfterValidator(_check_checksum)] | None = Field(
+        examples=["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
         default=None,
         description="Expected checksum of the whole tree ('sha256:...'), as agents report it.",
     )
     replicate: bool = Field(
         default=False, description="Whether the data may be copied to other nodes."
     )
-    description: str = Field(default="", description="What the data is, for people.")
+    description: str = Field(
+        examples=["ImageNet-1k, train and val splits"],
+        default="",
+        description="What the data is, for people.",
+    )
 
 
 class Dataset(SpecModel):

@@ -70,6 +70,7 @@ class VenvRuntime(SpecModel):
     """A Python virtual environment built on the node, cached by its requirements."""
 
     python: Annotated[str, AfterValidator(_check_python)] = Field(
+        examples=["3.11"],
         default="3",
         description="Python version for the environment ('3.11'). Quote it in YAML: "
         "3.10 unquoted is the number 3.1.",
@@ -136,16 +137,24 @@ class TrainerConfig(SpecModel):
         "('models/vit-base'), or 'builtin:vit-tiny' to train a built-in config from scratch.",
         examples=["models/vit-tiny", "builtin:vit-tiny"],
     )
-    epochs: int = Field(default=3, ge=1, le=10_000, description="Passes over the train split.")
+    epochs: int = Field(
+        examples=[10], default=3, ge=1, le=10_000, description="Passes over the train split."
+    )
     batch_size: int = Field(
-        default=32, ge=1, le=65_536, description="Samples per step per process."
+        examples=[64], default=32, ge=1, le=65_536, description="Samples per step per process."
     )
     learning_rate: float = Field(
-        default=5e-5, gt=0, le=1, description="Peak learning rate (AdamW)."
+        examples=[0.001], default=5e-5, gt=0, le=1, description="Peak learning rate (AdamW)."
     )
-    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    weight_decay: float = Field(
+        examples=[0.05], default=0.0, ge=0, le=1, description="AdamW weight decay."
+    )
     warmup_ratio: float = Field(
-        default=0.0, ge=0, lt=1, description="Share of steps spent warming the learning rate up."
+        examples=[0.1],
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of steps spent warming the learning rate up.",
     )
     scheduler: Literal["constant", "linear", "cosine"] = Field(
         default="linear", description="Learning-rate schedule after warm-up."
@@ -158,14 +167,20 @@ class TrainerConfig(SpecModel):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 on CUDA where supported, off on the CPU."
     )
-    seed: int = Field(default=0, ge=0, description="Seed for data order, init and augmentation.")
-    num_workers: int = Field(default=2, ge=0, le=64, description="DataLoader worker processes.")
+    seed: int = Field(
+        examples=[42], default=0, ge=0, description="Seed for data order, init and augmentation."
+    )
+    num_workers: int = Field(
+        examples=[4], default=2, ge=0, le=64, description="DataLoader worker processes."
+    )
 
 
 class JobResources(SpecModel):
     """What one process group of the job needs on each node it runs on."""
 
-    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per node (0: a CPU job).")
+    gpus: int = Field(
+        examples=[2], default=0, ge=0, le=64, description="GPUs per node (0: a CPU job)."
+    )
     cpu: Cores = Field(default=1.0, description="CPU cores per node (4, or '500m').")
     memory: Bytes | None = Field(
         default=None, description="Memory per node ('16Gi'). Default: no reservation."
@@ -175,11 +190,13 @@ class JobResources(SpecModel):
 class Toleration(SpecModel):
     """Lets the job onto nodes with a matching taint."""
 
-    key: LabelKey = Field(description="Taint key to tolerate.")
+    key: LabelKey = Field(examples=["reserved"], description="Taint key to tolerate.")
     operator: Literal["Equal", "Exists"] = Field(
         default="Equal", description="Equal: key and value must match. Exists: any value."
     )
-    value: LabelValue = Field(default="", description="Taint value (with operator Equal).")
+    value: LabelValue = Field(
+        examples=["vision"], default="", description="Taint value (with operator Equal)."
+    )
 
 
 class TrainingJobSpec(SpecModel):
@@ -199,6 +216,7 @@ class TrainingJobSpec(SpecModel):
         default=None, description="Run the built-in trainer instead of a command."
     )
     dataset: ResourceName | None = Field(
+        examples=["imagenet-1k"],
         default=None,
         description="Name of a Dataset. The job runs only where an agent reports it, and "
         "sees it at $MLSM_DATASET_DIR (read-only).",
@@ -215,9 +233,15 @@ class TrainingJobSpec(SpecModel):
         default_factory=list, description="Taints of Nodes this job may run on anyway."
     )
     priority: int = Field(
-        default=0, ge=-1000, le=1000, description="Higher goes first when GPUs are scarce."
+        examples=[10],
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Higher goes first when GPUs are scarce.",
     )
-    nodes: int = Field(default=1, ge=1, le=64, description="Nodes for a multi-node torchrun job.")
+    nodes: int = Field(
+        examples=[2], default=1, ge=1, le=64, description="Nodes for a multi-node torchrun job."
+    )
     launcher: Literal["none", "torchrun"] | None = Field(
         default=None,
         description="How the job's processes start. 'torchrun': processesPerNode processes "
@@ -228,6 +252,7 @@ class TrainingJobSpec(SpecModel):
         "built-in trainer with more than one GPU per node, else none.",
     )
     processes_per_node: int | None = Field(
+        examples=[4],
         default=None,
         ge=1,
         le=64,
@@ -236,14 +261,20 @@ class TrainingJobSpec(SpecModel):
         "runs CPU processes (gloo), for CPU jobs and tests.",
     )
     retries: int = Field(
-        default=0, ge=0, le=100, description="Failed runs retried up to this many times."
+        examples=[2],
+        default=0,
+        ge=0,
+        le=100,
+        description="Failed runs retried up to this many times.",
     )
     max_duration: Duration | None = Field(
         default=None,
         description="Stop a run after this long ('6h30m'); the job fails with DeadlineExceeded.",
     )
     env: dict[Annotated[str, AfterValidator(_check_env_name)], str] = Field(
-        default_factory=dict, description="Extra environment variables for the job."
+        examples=[{"WANDB_MODE": "offline"}],
+        default_factory=dict,
+        description="Extra environment variables for the job.",
     )
     suspend: bool = Field(
         default=False, description="true: do not start (a running job is stopped)."

@@ -22,7 +22,10 @@ class NodeCapacity(SpecModel):
     """What the node may hand out. Unset values come from the agent's own inventory."""
 
     gpus: int | None = Field(
-        default=None, ge=0, description="GPUs jobs may use. Default: all the agent finds."
+        examples=[4],
+        default=None,
+        ge=0,
+        description="GPUs jobs may use. Default: all the agent finds.",
     )
     cpu: Cores | None = Field(
         default=None, description="CPU cores jobs may use (2, or '1500m'). Default: all."
@@ -35,8 +38,10 @@ class NodeCapacity(SpecModel):
 class Taint(SpecModel):
     """Keeps jobs off the node unless they tolerate it, as Kubernetes taints do."""
 
-    key: LabelKey = Field(description="Taint key, in label-key syntax.")
-    value: LabelValue = Field(default="", description="Taint value; may be empty.")
+    key: LabelKey = Field(examples=["reserved"], description="Taint key, in label-key syntax.")
+    value: LabelValue = Field(
+        examples=["vision"], default="", description="Taint value; may be empty."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule"] = Field(
         default="NoSchedule",
         description="NoSchedule: only tolerating jobs are placed here. PreferNoSchedule: "
@@ -48,6 +53,7 @@ class NodeSpec(SpecModel):
     """Desired state of a node. Selectors match the node's metadata.labels."""
 
     runtimes: list[RuntimeName] = Field(
+        examples=[["venv"]],
         default_factory=_all_runtimes,
         min_length=1,
         description="Runtimes jobs may use on this node. Default: both venv and docker "

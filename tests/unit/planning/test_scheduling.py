@@ -23,6 +23,10 @@ def job(name: str, gpus: int = 1, **fields: Any) -> PendingJob:
     return PendingJob(name, gpus=gpus, **fields)
 
 
+SPOT = frozenset({("spot", "yes")})
+"""A PreferNoSchedule taint."""
+
+
 def placed(result: Any) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
     return {b.job: [(p.node, p.gpus) for p in b.placements] for b in result.bindings}
 
@@ -60,6 +64,13 @@ def placed(result: Any) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
                      {"b": [("n1", ())]},
                      {"a": "0/1 nodes available: 1 had a taint the job doesn't tolerate"},
                      id="taints"),
+        pytest.param([job("a", 1), job("b", 1, submitted=1), job("c", 1, submitted=2),
+                      job("d", 1, submitted=3, tolerations=frozenset({("spot", "Equal", "yes")}))],
+                     [node("spot", 1, prefer_no_schedule=SPOT), node("n1", 2),
+                      node("n2", 1, prefer_no_schedule=SPOT)],
+                     {"a": [("n1", (0,))], "b": [("n1", (1,))], "c": [("n2", (0,))],
+                      "d": [("spot", (0,))]}, {},
+                     id="prefer-no-schedule-last-resort"),
         pytest.param([job("a", 2, nodes=2)], [node("n1", 2), node("n2", 1)], {},
                      {"a": "needs 2 nodes at once, 1/2 available: 1 insufficient GPUs"},
                      id="multi-node-all-or-nothing"),
