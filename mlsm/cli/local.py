@@ -189,10 +189,24 @@ class Installation:
                 if done in JobPhase.finished_phases() and not hinted:
                     hinted = True
                     job = self.settings.follow
-                    self.say(f"job {job} {done.lower()}. Look at it with: mlsmctl describe job "
-                             f"{job}; mlsmctl metrics job {job}; mlsmctl logs job {job}. "
-                             "The installation keeps running; Ctrl-C stops it.")  # fmt: skip
+                    self.say(
+                        f"job {job} {done.lower()}. Look at it with: mlsmctl describe job "
+                        f"{job}; mlsmctl metrics job {job}; mlsmctl logs job {job}."
+                    )
+                    for step in self._next_steps():
+                        self.say(step)
             time.sleep(0.5)
+
+    def _next_steps(self) -> list[str]:
+        repo = self.settings.repo.resolve()
+        return [
+            "next:",
+            f"  1. open the site: {self.url}/",
+            f"  2. commit a job into {repo}: it starts within a second (mlsmctl get jobs)",
+            "  3. a pull request: copy deploy/manifest-repo/ (in mlsm's repository) into a "
+            "new repository; its CI comments each pull request's plan",
+            "The installation keeps running; Ctrl-C stops it.",
+        ]
 
     def _follow(self, job: str, after: int, run: str) -> tuple[int, str]:
         runs = (self._get("/api/v1/runs", job=job, limit=1) or {}).get("items", [])

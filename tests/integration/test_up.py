@@ -92,6 +92,9 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
     for line in ("controller: http://127.0.0.1:", "agent:      node local Ready",
                  "runtimes:   docker, venv", "site:       http://127.0.0.1:",
                  "job vit-digits: Running", "epoch 1/1", "job vit-digits: Succeeded",
+                 f"  1. open the site: http://127.0.0.1:{port}/",
+                 f"  2. commit a job into {example.root.resolve()}: it starts within a second",
+                 "  3. a pull request: copy deploy/manifest-repo/",
                  "stopped. `mlsmctl up` again carries on"):  # fmt: skip
         assert line in printed, f"{line!r} not in:\n{printed}"
     assert "Traceback" not in printed

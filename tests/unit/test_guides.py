@@ -3,7 +3,12 @@ command they show exists with the options they use."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -41,7 +46,7 @@ def commands(text: str) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("guide", GUIDES)
+@pytest.mark.parametrize("guide", [*GUIDES, "../README.md"])
 def test_every_command_in_a_guide_exists_with_its_options(guide: str) -> None:
     from mlsm.agent.main import app as agent
     from mlsm.controller.main import app as controller
@@ -56,3 +61,33 @@ def test_every_command_in_a_guide_exists_with_its_options(guide: str) -> None:
         assert shown.exit_code == 0, f"{program} {' '.join(path)}: {shown.output}"
         for option in (w.split("=")[0] for w in words if w.startswith("-")):
             assert option in shown.output, f"{program} {' '.join(path)} has no {option}"
+
+
+def test_the_readme_s_next_steps_work_as_written(tmp_path: Path) -> None:
+    """Steps 2 and 3 of the README's "Next steps", run as written in a copy of the
+    example repository (what needs the running installation, `mlsmctl get` and
+    `logs`, is left to tests/integration/test_up.py)."""
+    readme = (DOCS.parent / "README.md").read_text()
+    steps = readme.split("## Next steps", 1)[1].split("\n## ", 1)[0]
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```sh\n(.*?)```", steps, re.S)]
+    commit, plan = blocks[:2]
+    demo = tmp_path / ".mlsm" / "demo" / "manifests"
+    shutil.copytree(DOCS.parent / "manifests", demo)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@lab.org",
+           "GIT_COMMITTER_NAME": "Ada", "GIT_COMMITTER_EMAIL": "ada@lab.org"}  # fmt: skip
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "The example manifests"]):  # fmt: skip
+        subprocess.run(command, cwd=demo, check=True, env=env, capture_output=True)
+    offline = "\n".join(line for line in commit.splitlines() if not line.startswith("mlsmctl"))
+    done = subprocess.run(["bash", "-e", "-c", offline], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    added = manifests.load_paths([str(demo)])
+    assert not added.problems, added.problems
+    assert "hello-again" in {o.name for o in added.objects}
+    done = subprocess.run(["bash", "-c", plan], cwd=demo, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr  # the last command, git switch
+    assert "~ TrainingJob/vit-digits  (jobs/vit-digits.yaml:2)  generation 2" in done.stdout
+    assert "    ~ spec.trainer.epochs: 10 -> 20" in done.stdout
