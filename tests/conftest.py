@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,10 @@ import pytest
 
 from tests import engine as engines
 from tests import postgres
+
+# `mlsmctl plan` keeps checked files between runs (mlsm/manifests/caching.py): the
+# suite's go to a folder of its own, never the user's ~/.cache/mlsm.
+os.environ.setdefault("MLSM_CACHE_DIR", tempfile.mkdtemp(prefix="mlsm-test-cache-"))
 
 
 @pytest.fixture(scope="session")

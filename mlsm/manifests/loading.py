@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mlsm.errors import UserError
+from mlsm.manifests.caching import CheckedFiles
 from mlsm.manifests.crosschecking import Facts, cross_check, facts_of
 from mlsm.manifests.parsing import (
     DEFAULT_LIMITS,
@@ -198,25 +200,33 @@ def _check_in_workers(
             yield from _check_files(chunk, limits, False)
 
 
+def _check_texts_pickled(items: Sequence[tuple[str, bytes]], limits: Limits, keep: Keep) -> bytes:
+    """`_check_texts`, its outcomes pickled: what a worker sends back, and what the
+    checked-files cache keeps as it is (one pickling, not two)."""
+    return pickle.dumps(_check_texts(items, limits, keep), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _check_texts_in_workers(
     items: Sequence[tuple[str, bytes]], limits: Limits, keep: Keep, workers: int | None
-) -> list[_FileOutcome]:
-    """Outcomes of files already read, from forked workers when there are enough."""
+) -> list[tuple[list[str], bytes]]:
+    """Outcomes of files already read, as shards: (the paths, their outcomes pickled
+    by `_check_texts_pickled`), from forked workers when there are enough."""
     workers = _cpu_count() if workers is None else workers
     can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if not items:
+        return []
     if workers <= 1 or len(items) < PARALLEL_MIN_FILES or not can_fork:
-        return _check_texts(items, limits, keep)
+        return [([p for p, _ in items], _check_texts_pickled(items, limits, keep))]
     size = max(64, len(items) // (workers * 4))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    out: list[_FileOutcome] = []
+    paths = [[p for p, _ in chunk] for chunk in chunks]
     try:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for outcomes in pool.map(_check_texts, chunks, repeat(limits), repeat(keep)):
-                out.extend(outcomes)
+            found = pool.map(_check_texts_pickled, chunks, repeat(limits), repeat(keep))
+            return list(zip(paths, found, strict=True))
     except (BrokenProcessPool, OSError):  # a worker died (memory?): finish here
-        out = _check_texts(items, limits, keep)
-    return out
+        return [([p for p, _ in items], _check_texts_pickled(items, limits, keep))]
 
 
 def _finish(
@@ -410,13 +420,16 @@ def load_git_change(
     limits: Limits = DEFAULT_LIMITS,
     keep_kinds: frozenset[str] = frozenset({"Node", "Dataset"}),
     workers: int | None = None,
+    cache: bool = True,
 ) -> tuple[LoadResult, LoadResult]:
     """Two commits of one change, for a plan, both checked alike (cross-checks on).
 
     Each result holds every file's facts and problems, but the objects only of the
     files the change touches, and of `keep_kinds` everywhere: an unchanged file's
     jobs cannot change. A file both commits hold unchanged is read and checked once,
-    in worker processes when there are many; the rest in this one.
+    in worker processes when there are many; the rest in this one. With `cache`,
+    unchanged files checked by an earlier plan of this repository are not checked
+    again (`caching.py`).
     """
     repo = os.fspath(repository)
     new = _git_entries(repo, head, subdir.strip("/"))
@@ -433,10 +446,29 @@ def load_git_change(
     for path, blob, size in {*old, *new}:
         if size > limits.max_bytes:
             outcomes[path, blob] = _FileOutcome(path, [], [], [too_large(path, size, limits)], [])
-    unchanged = sorted((p, read[b]) for p, b, s in shared if (p, b) not in outcomes)
+    checked = CheckedFiles.of(repo, limits, sorted(keep_kinds)) if cache else None
     blobs = {p: b for p, b, _ in shared}
-    for outcome in _check_texts_in_workers(unchanged, limits, keep_kinds, workers):
-        outcomes[outcome.path, blobs[outcome.path]] = outcome
+    kept: list[tuple[list[tuple[str, str]], bytes]] = []
+    for keys, data in checked.load() if checked is not None else []:
+        # A shard of an earlier plan is used whole while every file in it is unchanged.
+        if not all(blobs.get(path) == blob and (path, blob) not in outcomes for path, blob in keys):
+            continue
+        assert checked is not None
+        found = checked.read(data)
+        if found is None or [o.path for o in found] != [path for path, _ in keys]:
+            continue
+        outcomes.update(((o.path, blobs[o.path]), o) for o in found)
+        kept.append((keys, data))
+    unchanged = sorted((p, read[b]) for p, b, s in shared if (p, b) not in outcomes)
+    fresh = [
+        ([(path, blobs[path]) for path in paths], data)
+        for paths, data in _check_texts_in_workers(unchanged, limits, keep_kinds, workers)
+    ]
+    for _, data in fresh:
+        for outcome in pickle.loads(data):
+            outcomes[outcome.path, blobs[outcome.path]] = outcome
+    if checked is not None and fresh:
+        checked.save([*kept, *fresh])
     with paused_gc():
         for path, blob, _ in sorted({*old, *new} - shared):
             if (path, blob) not in outcomes:

@@ -232,7 +232,9 @@ def test_the_github_workflow_asks_for_what_it_uses() -> None:
     assert data["permissions"] == {"contents": "read", "pull-requests": "write"}
     (job,) = data["jobs"].values()
     uses = [s["uses"] for s in job["steps"] if "uses" in s]
-    assert uses == ["actions/checkout@v4", "actions/setup-python@v5"]
+    assert uses == ["actions/checkout@v4", "actions/setup-python@v5", "actions/cache@v4"]
+    cache = next(s for s in job["steps"] if s.get("uses") == "actions/cache@v4")["with"]
+    assert cache["path"] == "~/.cache/mlsm"  # where mlsmctl plan keeps checked files
     assert job["steps"][0]["with"]["fetch-depth"] == 2  # the merge commit and its base
     for step in job["steps"]:
         if "run" in step:
@@ -334,6 +336,8 @@ def test_the_gitlab_job_checks_plans_and_keeps_one_note(
     assert job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
     assert job["image"] == "python:3.11"  # with git, which mlsmctl plan reads commits with
     assert job["artifacts"] == {"when": "always", "paths": ["plan.md"]}
+    assert job["cache"] == {"key": "mlsm-checked", "paths": [".cache/mlsm"]}
+    assert job["variables"]["MLSM_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/mlsm"
     base = git(sample, "merge-base", "main", "pr")
     env = ci_env(tmp_path, CI_MERGE_REQUEST_DIFF_BASE_SHA=base, MLSM_GITLAB_TOKEN="t0ken",
                  CI_API_V4_URL=f"{url}/api/v4", CI_PROJECT_ID="lab/manifests",
