@@ -8,12 +8,14 @@ will) and `Unreachable` (the network or the controller is down; retry).
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import httpx
 
 from mlsm import __version__
 from mlsm.errors import MlsmError
+from mlsm.tls import explain
 
 __all__ = ["Complaints", "ControllerClient", "Gone", "Refused", "Unreachable"]
 
@@ -53,24 +55,47 @@ class Complaints:
 
 
 class ControllerClient:
-    def __init__(self, url: str, node: str, token: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        node: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
         self.node = node
+        self.url = url.rstrip("/")
         self._http = httpx.AsyncClient(
-            base_url=f"{url.rstrip('/')}/api/v1/agent/nodes/{node}",
+            base_url=f"{self.url}/api/v1/agent/nodes/{node}",
             headers={"Authorization": f"Bearer {token}",
                      "User-Agent": f"mlsm-agent/{__version__}"},
             timeout=timeout,
+            verify=verify if verify is not None else True,
         )  # fmt: skip
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def heartbeat(self, inventory: dict[str, Any], runs: list[str]) -> dict[str, Any]:
-        return await self._call("POST", "/heartbeat", json={"inventory": inventory, "runs": runs})
+        return await self._node_call(
+            "POST", "/heartbeat", json={"inventory": inventory, "runs": runs}
+        )
 
     async def assignments(self, revision: int, wait: float) -> dict[str, Any]:
-        return await self._call("GET", "/assignments", params={"revision": revision, "wait": wait},
-                                timeout=wait + 10)  # fmt: skip
+        params = {"revision": revision, "wait": wait}
+        return await self._node_call("GET", "/assignments", params=params, timeout=wait + 10)
+
+    async def _node_call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A call about the node itself: a 404 there is no controller at all."""
+        try:
+            return await self._call(method, path, **kwargs)
+        except Gone as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise Unreachable(
+                f"{self.url} answered 404{detail} where the controller's agent API would be: "
+                "is --controller the mlsm controller's URL?"
+            ) from None
 
     async def report(self, run: str, body: dict[str, Any]) -> bool:
         """Report a run's phase; False when the controller says to stop it (fenced)."""
@@ -98,6 +123,9 @@ class ControllerClient:
         try:
             return await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
+            said = explain(exc, self.url)  # TLS: what is wrong with the certificate, or the URL
+            if said is not None:
+                raise Unreachable(said) from None
             where = f"{self._http.base_url.host}:{self._http.base_url.port}"
             detail = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
             raise Unreachable(f"{where}: {detail}") from None

@@ -24,6 +24,7 @@ from mlsm.agent.client import ControllerClient
 from mlsm.agent.running import Agent
 from mlsm.agent.settings import load_settings
 from mlsm.commands import run_command
+from mlsm.tls import client_context, refuse_clear_text
 
 __all__ = ["app", "entry", "main"]
 
@@ -78,6 +79,10 @@ def run(
                                  "one that reaches the controller).")] = None,
     rendezvous_timeout: Annotated[float | None, _opt("rendezvous-timeout", "Seconds a "
                                   "multi-node job's ranks wait for one another.")] = None,
+    ca_file: Annotated[Path | None, _opt("ca-file", "The CA of the controller's "
+                       "certificate (default: the system's).")] = None,
+    insecure: Annotated[bool | None, _opt("insecure", "Send the node token over plain "
+                        "HTTP to another machine.")] = None,
 ) -> None:  # fmt: skip
     """Run the agent until interrupted."""
     settings = load_settings(config, {
@@ -86,14 +91,17 @@ def run(
         "heartbeat_interval": heartbeat_interval, "stop_grace": stop_grace,
         "gpus_file": gpus_file, "stop_runs_on_exit": stop_runs_on_exit,
         "advertise_address": advertise_address, "rendezvous_timeout": rendezvous_timeout,
+        "ca_file": ca_file, "insecure": insecure,
     })  # fmt: skip
+    refuse_clear_text(settings.controller, insecure=settings.insecure, secret="node token")
+    verify = client_context(settings.ca_file)
     token = settings.read_token()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)  # fmt: skip
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
     async def serve() -> None:
-        client = ControllerClient(settings.controller, settings.node, token)
+        client = ControllerClient(settings.controller, settings.node, token, verify=verify)
         try:
             logging.getLogger("mlsm.agent").info(
                 "mlsm-agent %s: node %s, controller %s, storage %s", __version__,

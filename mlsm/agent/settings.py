@@ -85,6 +85,16 @@ class AgentSettings(BaseModel):
     pip_args: list[str] = Field(
         default_factory=list, description="Extra pip install arguments ('--index-url', ...)."
     )
+    ca_file: Path | None = Field(
+        default=None,
+        description="The CA that signed the controller's certificate (default: the "
+        "system's trust store).",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Send the node token over plain HTTP to a controller on another "
+        "machine (a trusted network only; https:// is the fix).",
+    )
 
     @field_validator("controller")
     @classmethod

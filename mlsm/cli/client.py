@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from mlsm.errors import UserError
+from mlsm.tls import client_context, explain, refuse_clear_text
 
 __all__ = ["DEFAULT_SERVER", "Client", "ServerError"]
 
@@ -20,13 +22,23 @@ class ServerError(UserError):
 
 
 class Client:
-    def __init__(self, server: str | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        *,
+        ca_file: Path | None = None,
+        insecure: bool = False,
+    ) -> None:
         self.server = (server or os.environ.get("MLSM_SERVER") or DEFAULT_SERVER).rstrip("/")
         token = token or os.environ.get("MLSM_TOKEN")
+        if token:
+            refuse_clear_text(self.server, insecure=insecure)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         import httpx  # here: 0.1 s to import, which `validate` and `plan --base` never need
 
-        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=30)
+        verify = client_context(ca_file) if self.server.startswith("https://") else True
+        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=30, verify=verify)
 
     def get(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, params={k: v for k, v in params.items() if v})
@@ -44,6 +56,9 @@ class Client:
         try:
             response = self._http.request(method, f"/api/v1{path}", **kwargs)
         except httpx.TransportError as exc:
+            said = explain(exc, self.server)
+            if said is not None:
+                raise ServerError(said) from exc
             raise ServerError(
                 f"cannot reach the controller at {self.server} ({exc}); is it running? "
                 "Set --server or MLSM_SERVER"

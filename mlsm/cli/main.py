@@ -169,6 +169,16 @@ TokenOption = Annotated[
     typer.Option("--token", envvar="MLSM_TOKEN", show_default=False,
                  help="An API token (reads from loopback need none)."),
 ]  # fmt: skip
+CaFileOption = Annotated[
+    Path | None,
+    typer.Option("--ca-file", envvar="MLSM_CA_FILE", show_default=False,
+                 help="The CA of the controller's certificate (default: the system's)."),
+]  # fmt: skip
+InsecureOption = Annotated[
+    bool,
+    typer.Option("--insecure", envvar="MLSM_INSECURE",
+                 help="Send the token over plain HTTP to another machine."),
+]  # fmt: skip
 
 
 class GetFormat(StrEnum):
@@ -212,11 +222,13 @@ def get(
     ] = False,
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     version: VersionOption = False,
 ) -> None:
     """List objects from the controller, as `kubectl get` does; `get sync` shows
     where each source stands and the files it could not read."""  # fmt: skip
-    client = Client(server, token)
+    client = Client(server, token, ca_file=ca_file, insecure=insecure)
     if kind.lower() in ("sync", "syncs"):
         _get_sync(client, output)
         return
@@ -267,11 +279,13 @@ def describe(
     name: Annotated[str, typer.Argument(show_default=False)],
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     version: VersionOption = False,
 ) -> None:
     """Show one object: spec, status, conditions, the commit that last changed it, its
     runs and recent events."""
-    client = Client(server, token)
+    client = Client(server, token, ca_file=ca_file, insecure=insecure)
     obj = client.object(_kind(kind), name)
     trainer = None
     if obj["kind"] == "TrainingJob" and (obj.get("spec") or {}).get("trainer") and obj.get("runs"):
@@ -327,20 +341,17 @@ def _rank_run(name: str, runs: list[dict[str, Any]], rank: int) -> tuple[dict[st
     )
 
 
-def _job_runs(
-    what: str, kind: str, name: str, server: str | None, token: str | None
-) -> tuple[Client, list[dict[str, Any]]]:
-    """For `mlsmctl logs|metrics job NAME`: the client and the job's runs."""
+def _job_runs(what: str, kind: str, name: str, client: Client) -> list[dict[str, Any]]:
+    """For `mlsmctl logs|metrics job NAME`: the job's runs."""
     if _kind(kind) != "TrainingJob":
         raise UsageError(f"{what} belong to jobs: mlsmctl {what} job NAME")
-    client = Client(server, token)
     job = client.object("TrainingJob", name)
     runs: list[dict[str, Any]] = job.get("runs") or []
     if not runs:
         phase = job["status"].get("phase", "Pending")
         raise UserError(f"job {name} has not run yet (phase {phase}); "
                         f"`mlsmctl describe job {name}` says why")  # fmt: skip
-    return client, runs
+    return runs
 
 
 def _run_of(name: str, runs: list[dict[str, Any]], run: str | None) -> dict[str, Any]:
@@ -369,12 +380,15 @@ def logs(
                          "launcher's lines on its node).")] = None,
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     version: VersionOption = False,
 ) -> None:  # fmt: skip
     """Print a job's output (stdout and stderr, as its agent shipped it), as
     `kubectl logs` does. Of a job under torchrun, one process's lines: rank 0's, or
     --rank K's; --run ID prints one run's (one node's) whole log."""
-    client, runs = _job_runs("logs", kind, name, server, token)
+    client = Client(server, token, ca_file=ca_file, insecure=insecure)
+    runs = _job_runs("logs", kind, name, client)
     if run is None:  # the latest attempt's run that holds that process rank
         chosen, filtered = _rank_run(name, runs, rank or 0)
     else:
@@ -415,11 +429,14 @@ def metrics(
     run: RunOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     version: VersionOption = False,
 ) -> None:  # fmt: skip
     """The last value of each metric per epoch, from the records the job wrote to
     $MLSM_METRICS_FILE."""
-    client, runs = _job_runs("metrics", kind, name, server, token)
+    client = Client(server, token, ca_file=ca_file, insecure=insecure)
+    runs = _job_runs("metrics", kind, name, client)
     chosen = _run_of(name, runs, run)
     records = client.read(f"/runs/{chosen['id']}/metrics", {})["records"]
     if not records:
@@ -441,6 +458,8 @@ def diff(
     ],
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     version: VersionOption = False,
 ) -> None:
     """What the controller would do if PATH were its branch: creates (+), field-level
@@ -450,7 +469,9 @@ def diff(
     """  # fmt: skip
     if not Path(filename).exists():
         raise UsageError(f"{filename}: no such file or directory")
-    plan, live, _problems = diffing.plan_against(Client(server, token), filename)
+    plan, live, _problems = diffing.plan_against(
+        Client(server, token, ca_file=ca_file, insecure=insecure), filename
+    )
     for line in diffing.diff_lines(plan, live):
         typer.echo(line)
     if plan.held:
@@ -480,6 +501,8 @@ def plan(
                         "fleet's live state.")] = None,
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     output: Annotated[PlanFormat, typer.Option("--output", "-o", help="text; markdown (a "
                       "pull-request comment); json.")] = PlanFormat.text,
     version: VersionOption = False,
@@ -501,7 +524,9 @@ def plan(
     if filename is not None:
         if not Path(filename).exists():
             raise UsageError(f"{filename}: no such file or directory")
-        found = merging.server_plan(Client(server, token), filename, owner=_author())
+        found = merging.server_plan(
+            Client(server, token, ca_file=ca_file, insecure=insecure), filename, owner=_author()
+        )
     else:
         assert base is not None
         try:
@@ -539,9 +564,9 @@ def _author() -> str:
     return f"{name} <{email}>" if email else name
 
 
-def _write(filename: str, server: str | None, token: str | None, *, delete: bool) -> None:
+def _write(filename: str, client: Client, *, delete: bool) -> None:
     body = {"manifests": _manifest_text(filename), "author": _author()}
-    result = Client(server, token).post("/delete" if delete else "/apply", body)
+    result = client.post("/delete" if delete else "/apply", body)
     verb = "deleted" if delete else "applied"
     where = f"commit {result['commit'][:10]}" if result["commit"] else "the source directory"
     for name, path in zip(result["objects"], result["files"], strict=True):
@@ -561,12 +586,14 @@ def apply(
     ],
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     version: VersionOption = False,
 ) -> None:
     """Write manifests into the controller's local source, as a commit by you (for
     local testing; a controller following a remote branch refuses: open a pull
     request). Needs an admin token."""  # fmt: skip
-    _write(filename, server, token, delete=False)
+    _write(filename, Client(server, token, ca_file=ca_file, insecure=insecure), delete=False)
 
 
 @app.command()
@@ -582,11 +609,13 @@ def delete(
     ],
     server: ServerOption = None,
     token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
     version: VersionOption = False,
 ) -> None:
     """Remove objects' files from the controller's local source, as a commit by you.
     Needs an admin token."""  # fmt: skip
-    _write(filename, server, token, delete=True)
+    _write(filename, Client(server, token, ca_file=ca_file, insecure=insecure), delete=True)
 
 
 @app.command()

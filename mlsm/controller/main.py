@@ -28,6 +28,7 @@ from mlsm.controller.sources import SourceError, open_source
 from mlsm.errors import UserError
 from mlsm.store import Store, Token
 from mlsm.store.tokens import token_digest
+from mlsm.tls import check_server_files
 
 __all__ = ["app", "entry", "main"]
 
@@ -214,10 +215,28 @@ def run(
             help="Reads need a read token from this machine too (a host shared with other users).",
         ),
     ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MLSM_TLS_CERT",
+            show_default=False,
+            help="Serve HTTPS with this PEM certificate (its chain after it); with --tls-key.",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MLSM_TLS_KEY", show_default=False, help="The certificate's unencrypted PEM key."
+        ),
+    ] = None,
     version: VersionOption = False,
 ) -> None:
     """Follow the branch, reconcile it into the database, and serve the API."""  # fmt: skip
     host, port = listen_address(listen, example="127.0.0.1:8470")
+    if (tls_cert is None) != (tls_key is None):
+        raise UserError("--tls-cert and --tls-key go together: give both, or neither for HTTP")
+    if tls_cert is not None and tls_key is not None:
+        check_server_files(tls_cert, tls_key)
     settings = Settings(
         repo=repo, branch=branch, path=path, database_url=database_url, host=host, port=port,
         poll_interval=poll_interval, webhook_secret=webhook_secret, state_dir=state_dir,
@@ -226,6 +245,7 @@ def run(
         schedule_interval=schedule_interval, recheck_interval=recheck_interval,
         read_timeout=read_timeout, max_connections=max_connections,
         forwarded_allow_ips=forwarded_allow_ips, require_token=require_token,
+        tls_cert=tls_cert, tls_key=tls_key,
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("alembic", "watchfiles", "httpx"):

@@ -72,6 +72,13 @@ class Settings:
     """The reverse proxies whose X-Forwarded-For is believed (none by default)."""
     require_token: bool = False
     """Reads need a token from loopback too (a host shared with other users)."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    """A certificate (chain) and its key: the API, agent API and site over HTTPS."""
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
 
 class Controller:
@@ -136,6 +143,8 @@ class Controller:
             read_timeout=self.settings.read_timeout,
             max_connections=self.settings.max_connections,
             forwarded_allow_ips=self.settings.forwarded_allow_ips,
+            tls_cert=self.settings.tls_cert,
+            tls_key=self.settings.tls_key,
         )
         server = uvicorn.Server(config)
         await self.capacity.control_plane(
@@ -152,7 +161,7 @@ class Controller:
             while not server.started:
                 await anyio.sleep(0.02)
             log.info(
-                "controller on http://%s:%d (status site at /), following %s",
+                "controller on %s://%s:%d (status site at /), following %s", self.settings.scheme,
                 self.settings.host, self.settings.port, _describe(self.source),
             )  # fmt: skip
             # What start-up made (modules, the app, the caches' first fill) lives as long

@@ -20,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from mlsm.tls import check_server_files
 
 __all__ = ["MAX_HEADER_BYTES", "server_config"]
 
@@ -128,8 +131,14 @@ def server_config(
     read_timeout: float = 10.0,
     max_connections: int = 1000,
     forwarded_allow_ips: str = "",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> uvicorn.Config:
+    """uvicorn's configuration; HTTPS with uvicorn's own TLS when given a certificate
+    and its key (checked first: `tls.check_server_files`)."""
     _fit_open_files(max_connections)
+    if tls_cert is not None and tls_key is not None:
+        check_server_files(tls_cert, tls_key)
     return uvicorn.Config(
         app,
         host=host,
@@ -141,4 +150,6 @@ def server_config(
         limit_concurrency=max_connections,
         proxy_headers=bool(forwarded_allow_ips),
         forwarded_allow_ips=forwarded_allow_ips or "127.0.0.1",
+        ssl_certfile=str(tls_cert) if tls_cert is not None else None,
+        ssl_keyfile=str(tls_key) if tls_key is not None else None,
     )

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -103,7 +104,11 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Client]]:
     processes: list[subprocess.Popen[bytes]] = []
 
-    def _start(repo: str, *flags: str, port: int | None = None) -> httpx.Client:
+    def _start(
+        repo: str, *flags: str, port: int | None = None, verify: ssl.SSLContext | None = None
+    ) -> httpx.Client:
+        """`verify`: the controller serves HTTPS (flags name its certificate), and
+        the client trusts it with this context."""
         port = port or free_port()
         log = open(tmp_path / f"controller-{port}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
@@ -112,7 +117,9 @@ def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Cli
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         processes.append(process)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+        scheme = "https" if verify is not None else "http"
+        client = httpx.Client(base_url=f"{scheme}://127.0.0.1:{port}", timeout=5,
+                              verify=verify if verify is not None else True)  # fmt: skip
         client.process = process  # type: ignore[attr-defined]  # for tests that kill it
         wait_for(lambda: client.get("/healthz").status_code == 200)
         return client
