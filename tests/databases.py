@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-__all__ = ["sqlite_only"]
+__all__ = ["postgres_only", "sqlite_only"]
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+postgres_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+"""What only PostgreSQL offers: several controllers on one database."""

@@ -55,9 +55,12 @@ class Complaints:
 
 
 class ControllerClient:
+    """The agent API of one controller, or of several on one database: a call that
+    cannot reach the current one moves the next call to the next URL."""
+
     def __init__(
         self,
-        url: str,
+        urls: str | list[str],
         node: str,
         token: str,
         *,
@@ -65,14 +68,19 @@ class ControllerClient:
         verify: ssl.SSLContext | None = None,
     ) -> None:
         self.node = node
-        self.url = url.rstrip("/")
+        self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
+        self._current = 0
         self._http = httpx.AsyncClient(
-            base_url=f"{self.url}/api/v1/agent/nodes/{node}",
             headers={"Authorization": f"Bearer {token}",
                      "User-Agent": f"mlsm-agent/{__version__}"},
             timeout=timeout,
             verify=verify if verify is not None else True,
         )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        """The controller the next call goes to."""
+        return self.urls[self._current]
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -120,15 +128,24 @@ class ControllerClient:
         return body
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = self.url
         try:
-            return await self._http.request(method, path, **kwargs)
+            return await self._http.request(
+                method, f"{url}/api/v1/agent/nodes/{self.node}{path}", **kwargs
+            )
         except httpx.HTTPError as exc:
-            said = explain(exc, self.url)  # TLS: what is wrong with the certificate, or the URL
+            self._next(url)
+            said = explain(exc, url)  # TLS: what is wrong with the certificate, or the URL
             if said is not None:
                 raise Unreachable(said) from None
-            where = f"{self._http.base_url.host}:{self._http.base_url.port}"
             detail = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
-            raise Unreachable(f"{where}: {detail}") from None
+            raise Unreachable(f"{url}: {detail}") from None
+
+    def _next(self, failed: str) -> None:
+        """After `failed` did not answer: the next call tries the next controller."""
+        if len(self.urls) > 1 and self.url == failed:
+            self._current = (self._current + 1) % len(self.urls)
+            log.warning("%s does not answer: moving to the controller at %s", failed, self.url)
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -93,7 +93,8 @@ def run(
         "advertise_address": advertise_address, "rendezvous_timeout": rendezvous_timeout,
         "ca_file": ca_file, "insecure": insecure,
     })  # fmt: skip
-    refuse_clear_text(settings.controller, insecure=settings.insecure, secret="node token")
+    for url in settings.controllers:
+        refuse_clear_text(url, insecure=settings.insecure, secret="node token")
     verify = client_context(settings.ca_file)
     token = settings.read_token()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
@@ -101,7 +102,7 @@ def run(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
     async def serve() -> None:
-        client = ControllerClient(settings.controller, settings.node, token, verify=verify)
+        client = ControllerClient(settings.controllers, settings.node, token, verify=verify)
         try:
             logging.getLogger("mlsm.agent").info(
                 "mlsm-agent %s: node %s, controller %s, storage %s", __version__,

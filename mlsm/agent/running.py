@@ -132,7 +132,7 @@ class Agent:
         self.settings.state.mkdir(parents=True, exist_ok=True)
         if not self.address:
             self.address = await anyio.to_thread.run_sync(
-                advertise_address, self.settings.controller
+                advertise_address, self.settings.controllers[0]
             )
         log.info("node %s: advertise address %s", self.settings.node, self.address)
         if self.gpus is None:

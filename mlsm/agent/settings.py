@@ -23,7 +23,10 @@ __all__ = ["AgentSettings", "load_settings"]
 class AgentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    controller: str = Field(description="The controller's URL ('http://ctl.lab:8470').")
+    controller: str = Field(
+        description="The controller's URL ('https://ctl.lab:8470'), or several, comma-separated, "
+        "of controllers on one database: the agent moves to the next when one stops answering."
+    )
     node: str = Field(description="This server's Node name, as in nodes/NAME.yaml.")
     token_file: Path = Field(
         description="File holding the node token "
@@ -96,12 +99,22 @@ class AgentSettings(BaseModel):
         "machine (a trusted network only; https:// is the fix).",
     )
 
-    @field_validator("controller")
+    @field_validator("controller", mode="before")
     @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL such as http://ctl.lab:8470, got '{value}'")
-        return value.rstrip("/")
+    def _url(cls, value: object) -> object:
+        urls = value if isinstance(value, list) else str(value).split(",")
+        cleaned = [str(url).strip().rstrip("/") for url in urls if str(url).strip()]
+        if not cleaned:
+            raise ValueError("give the controller's URL, such as https://ctl.lab:8470")
+        for url in cleaned:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"must be an http(s) URL such as http://ctl.lab:8470, got '{url}'")
+        return ",".join(cleaned)
+
+    @property
+    def controllers(self) -> list[str]:
+        """Every controller's URL, in the order given."""
+        return self.controller.split(",")
 
     @property
     def state(self) -> Path:

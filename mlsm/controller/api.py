@@ -37,6 +37,7 @@ from mlsm.controller.inputs import (
     unless_disconnected,
     whole,
 )
+from mlsm.controller.leading import Leadership
 from mlsm.controller.sources import ManifestSource
 from mlsm.schemas.phases import RunPhase
 from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState
@@ -199,12 +200,14 @@ class Api:
         webhook_secret: str,
         source: ManifestSource | None,
         agents: AgentApi,
+        leadership: Leadership | None = None,
     ) -> None:
         self.store = store
         self.request_sync = request_sync
         self.webhook_secret = webhook_secret
         self.source = source
         self.agents = agents
+        self.leadership = leadership or Leadership()
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """A read in a worker thread, within the reads' share (`capacity.py`)."""
@@ -227,7 +230,10 @@ class Api:
             return {"status": "ok", "sync": [{"source": s.source, "status": s.status}
                                              for s in states]}  # fmt: skip
 
-        return JSONResponse(await self.agents.capacity.check_health(check))
+        health = await self.agents.capacity.check_health(check)
+        leader = self.leadership
+        health["leader"] = {"leading": leader.leading, "term": leader.term, "id": leader.identity}
+        return JSONResponse(health)
 
     async def list_objects(self, request: Request) -> Response:
         kind = self._kind(request.path_params["kind"])
@@ -560,10 +566,11 @@ def create_app(
     require_token: bool = False,
     site: ASGIApp | None = None,
     telemetry: Telemetry | None = None,
+    leadership: Leadership | None = None,
 ) -> Starlette:
     """The API under /api/v1, and `site` (the status site, `mlsm.web`) under /."""
     agents = agents or AgentApi(store)
-    api = Api(store, request_sync, webhook_secret, source, agents)
+    api = Api(store, request_sync, webhook_secret, source, agents, leadership)
     p = API_PREFIX
     routes: list[BaseRoute] = [
         Route("/healthz", api.healthz),

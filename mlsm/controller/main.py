@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from mlsm import __version__
 from mlsm.commands import listen_address, run_command
+from mlsm.controller.leading import SqliteLeadership, leadership_for
 from mlsm.controller.running import Controller, Settings
 from mlsm.controller.sources import SourceError, open_source
 from mlsm.errors import UserError
@@ -259,7 +260,10 @@ def run(
         source = open_source(repo, branch=branch, path=path, state_dir=state_dir)
     except SourceError as exc:
         raise UserError(str(exc)) from exc
-    controller = Controller(settings, store, source)
+    leadership = leadership_for(store, store.engine.url.database)
+    if isinstance(leadership, SqliteLeadership):
+        leadership.claim()  # a second controller on this file stops here, saying why
+    controller = Controller(settings, store, source, leadership)
     anyio.run(controller.run)
 
 

@@ -16,17 +16,19 @@ from pathlib import Path
 
 import anyio
 import uvicorn
+from sqlalchemy import select
 
 from mlsm.controller.agents import AgentApi
 from mlsm.controller.api import create_app
 from mlsm.controller.capacity import Capacity
+from mlsm.controller.leading import Leadership, NotLeader
 from mlsm.controller.leasing import LeaseChanges, Leases, check_leases
 from mlsm.controller.rewinds import check_mark, save_mark
 from mlsm.controller.scheduling import AssignOutcome, assign
 from mlsm.controller.serving import server_config
 from mlsm.controller.sources import DirectorySource, GitSource, ManifestSource
 from mlsm.controller.syncing import Syncer
-from mlsm.store import Store
+from mlsm.store import Store, SyncState
 from mlsm.store.conflicts import Conflict, retry_on_conflict
 from mlsm.web import create_site
 from mlsm.web.telemetry import Telemetry
@@ -82,15 +84,25 @@ class Settings:
 
 
 class Controller:
-    def __init__(self, settings: Settings, store: Store, source: ManifestSource) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        source: ManifestSource,
+        leadership: Leadership | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.source = source
+        self.leadership = leadership or Leadership()
+        """Whether this controller runs the sync, scheduling and lease loops now
+        (`leading.py`); every controller serves the API, agent API and site."""
         self.syncer = Syncer(
             store,
             source,
             max_prune_share=settings.max_prune_share,
             allow_mass_prune=settings.allow_mass_prune,
+            fence=self.leadership.fence,
         )
         self._wake = anyio.Event()
         self._schedule = anyio.Event()
@@ -127,6 +139,7 @@ class Controller:
             require_token=settings.require_token,
             site=site,
             telemetry=self.telemetry,
+            leadership=self.leadership,
         )
 
     def request_sync(self) -> None:
@@ -151,6 +164,7 @@ class Controller:
             check_mark, self.store, self.settings.state_dir, self._database
         )
         async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self.leadership.run)
             tasks.start_soon(self._sync_loop)
             tasks.start_soon(self._schedule_loop)
             tasks.start_soon(self.agents.flush_heartbeats)
@@ -174,6 +188,8 @@ class Controller:
 
     async def _sync_loop(self) -> None:
         while True:
+            if not self.leadership.leading:
+                await self._follow()
             self._wake = anyio.Event()
             try:
                 started = anyio.current_time()
@@ -191,13 +207,31 @@ class Controller:
                     self.agents.catalog_changed()
                     self.agents.assignments_moved()  # a removed job's run: tell its node now
                     self.request_schedule()
+            except NotLeader as exc:
+                log.info("sync skipped: %s", exc)
             except Exception:  # a bug or a database outage: log it, keep the loop alive
                 log.exception("sync crashed; retrying after the poll interval")
             with anyio.move_on_after(self.settings.poll_interval):
                 await self._wake.wait()
 
+    async def _follow(self) -> None:
+        """Until this controller leads: ready once the leader has synced (`/readyz`)."""
+        while not self.leadership.leading:
+            if not self.synced_once:
+                self.synced_once = await self.capacity.control_plane(self._leader_synced)
+            with anyio.move_on_after(1.0):
+                await self.leadership.wait_leading()
+
+    def _leader_synced(self) -> bool:
+        with self.store.read() as session:
+            return (
+                session.scalars(select(SyncState).where(SyncState.status == "Synced")).first()
+                is not None
+            )
+
     async def _schedule_loop(self) -> None:
         while True:
+            await self.leadership.wait_leading()
             self._schedule = anyio.Event()
             try:
                 moved = await self.capacity.control_plane(self._schedule_pass)
@@ -206,6 +240,8 @@ class Controller:
                 elif moved:
                     self.agents.assignments_moved()
                     await self.capacity.control_plane(self._save_mark)
+            except NotLeader as exc:
+                log.info("scheduling pass skipped: %s", exc)
             except Exception:
                 log.exception("scheduling pass crashed; retrying")
             with anyio.move_on_after(self.settings.schedule_interval):
@@ -229,6 +265,7 @@ class Controller:
 
         def one_pass() -> tuple[LeaseChanges, AssignOutcome]:
             with self.store.write("schedule") as session:
+                self.leadership.fence(session)
                 return check_leases(session, self.leases), assign(session, grace=self.leases.grace)
 
         try:

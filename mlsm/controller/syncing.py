@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -121,11 +122,15 @@ class Syncer:
         *,
         max_prune_share: float = 0.5,
         allow_mass_prune: bool = False,
+        fence: Callable[[Session], None] = lambda session: None,
     ) -> None:
         self.store = store
         self.source = source
         self.max_prune_share = max_prune_share
         self.allow_mass_prune = allow_mass_prune
+        self.fence = fence
+        """Called first in each write transaction: raises when this controller no
+        longer leads (`leading.py`), so that a deposed leader writes nothing."""
         self._memo: planning.syncing.ManifestMemo = {}
 
     def sync(self, *, force: bool = False) -> SyncOutcome:
@@ -149,6 +154,7 @@ class Syncer:
         except SourceError as exc:
             return self._failed(str(exc), started)
         with self.store.write(f"sync:{self.source.key}") as session:
+            self.fence(session)
             state = self._state(session)
             applied = state.commit_sha if state.last_success_at is not None else ""
             rewritten = bool(applied) and applied != commit.sha
@@ -202,6 +208,7 @@ class Syncer:
     def _failed(self, error: str, started: float) -> SyncOutcome:
         log.warning("sync failed: %s; the last good state stays in force", error)
         with self.store.write(f"sync:{self.source.key}") as session:
+            self.fence(session)
             state = self._state(session)
             state.last_attempt_at = utcnow()
             if state.error != error:

@@ -46,7 +46,7 @@ def database_url(url: str | None = None) -> str:
     return url or os.environ.get("MLSM_DATABASE_URL") or DEFAULT_URL
 
 
-def _lock_key(name: str) -> int:
+def lock_key(name: str) -> int:
     """A stable signed 64-bit key for `pg_advisory_xact_lock`."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
@@ -102,9 +102,7 @@ class Store:
             if self.dialect == "sqlite":
                 session.connection(execution_options={"mlsm_immediate": True})
             elif lock is not None:
-                session.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(lock)}
-                )
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(lock)})
             try:
                 yield session
                 session.commit()
@@ -141,7 +139,7 @@ class Store:
         with self._connect() as connection, connection.begin():
             if self.dialect == "postgresql":  # two controllers starting at once
                 connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("migrate")}
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("migrate")}
                 )
             command.upgrade(self._alembic(connection), revision)
 

@@ -23,6 +23,7 @@ __all__ = [
     "Dataset",
     "Event",
     "Job",
+    "Leadership",
     "LogLine",
     "MetricRecord",
     "Node",
@@ -263,3 +264,17 @@ class Token(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Leadership(Base):
+    """Which controller leads, where several share one PostgreSQL database
+    (`controller/leading.py`): the holder of the lease, its term (one more with each
+    new leader, which fences the old one's writes), and when the lease lapses unless
+    its holder renews it, by the database's clock."""
+
+    __tablename__ = "leadership"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(Text, default="")
+    term: Mapped[int] = mapped_column(default=0)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -161,6 +161,7 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
         *,
         gpus: int = 1,
         again: AgentProcess | None = None,
+        controller: str | None = None,
         **env: str,
     ) -> AgentProcess:
         """`again`: start a new agent process on that agent's storage root (a restart)."""
@@ -173,7 +174,8 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
         ))  # fmt: skip
         log = root / f"agent-{len(agents)}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlsm.agent", "run", "--controller", str(client.base_url),
+            [sys.executable, "-m", "mlsm.agent", "run", "--controller",
+             controller or str(client.base_url),
              "--node", node, "--token-file", str(root / "token"), "--storage-root",
              str(root / "storage"), "--heartbeat-interval", "0.5", "--stop-grace", "2",
              "--gpus-file", str(root / "gpus.json")],
