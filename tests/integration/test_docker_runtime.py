@@ -455,9 +455,13 @@ def test_the_runtime_itself_refuses_a_mount_outside_the_storage_root(
 
 # Node rank 0 listens at the rendezvous its agent reserved; node rank 1 says hello
 # there: the containers of a job on two nodes reach each other on the host's network.
+# (busybox's `nc -l` quits when its stdin ends, which in a container is /dev/null at
+# once, sometimes before the peer's bytes are read: a fifo held open keeps it going
+# until the peer closes.)
 MEET = (
     "host=${MLSM_RENDEZVOUS%:*}; port=${MLSM_RENDEZVOUS##*:}; "
-    'if [ "$MLSM_NODE_RANK" = 0 ]; then nc -l -p "$port" > $MLSM_OUTPUT_DIR/heard.txt; '
+    'if [ "$MLSM_NODE_RANK" = 0 ]; then mkfifo /tmp/in; '
+    'nc -l -p "$port" < /tmp/in > $MLSM_OUTPUT_DIR/heard.txt & exec 3> /tmp/in; wait $!; '
     'else until echo "hello from node rank $MLSM_NODE_RANK of $MLSM_NUM_NODES" '
     '| nc "$host" "$port"; do sleep 0.1; done; fi'
 )
@@ -490,4 +494,6 @@ def test_the_containers_of_a_job_on_two_nodes_meet_at_node_rank_0s_endpoint(
     heard = agents["n1"].root / "jobs" / "pair" / "output" / "heard.txt"
     said = heard.read_text().strip() if heard.is_file() else f"nothing: {runs}"
     # 127.0.0.1 of another container on a bridge network would be that container's own
-    assert said == "hello from node rank 1 of 2", agents["n1"].output()[-3000:]
+    logs = {r["rank"]: [line["text"] for line in client.get(f"/api/v1/runs/{r['id']}/logs")
+                        .json()["lines"]] for r in runs}  # fmt: skip
+    assert said == "hello from node rank 1 of 2", (logs, agents["n1"].output()[-3000:])
