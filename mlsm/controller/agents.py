@@ -32,6 +32,7 @@ from mlsm.controller.inputs import (
     whole,
 )
 from mlsm.controller.lifecycle import Leases, current_runs, report_run, tell_node
+from mlsm.controller.notifying import Bus
 from mlsm.schemas.phases import RunPhase
 from mlsm.store import Dataset, Job, Node, Run, Store
 from mlsm.store.conflicts import retry_on_conflict
@@ -81,12 +82,17 @@ class AgentApi:
         self._node_table = NodeTable(store, self._catalog_by_node, self.capacity)
         self._pending: dict[int, Beat] = {}
         self._flushing = False
+        self.bus: Bus = Bus()
+        """Tells the other controllers on this database what moved (`notifying.py`)."""
 
-    def catalog_changed(self) -> None:
-        """Datasets may have moved (called after a sync that changed objects)."""
+    def catalog_changed(self, *, remote: bool = False) -> None:
+        """Datasets may have moved (called after a sync that changed objects, or when
+        another controller says so: `remote`)."""
         self._catalog_generation += 1
         self._catalog = None
         self._forget_nodes()
+        if not remote:
+            self.bus.publish("catalog")
 
     def _forget_nodes(self) -> None:
         self._node_table.forget()
@@ -111,12 +117,15 @@ class AgentApi:
                 self._catalog = catalog
         return catalog
 
-    def assignments_moved(self) -> None:
-        """Wake every long poll (called after a scheduling pass binds runs)."""
+    def assignments_moved(self, *, remote: bool = False) -> None:
+        """Wake every long poll (called after a scheduling pass binds runs, here or,
+        `remote`, on another controller)."""
         self._forget_nodes()
-        self.output_moved()
+        self.output_moved(remote=True)  # (one message says both)
         self._revision_moved.set()
         self._revision_moved = anyio.Event()
+        if not remote:
+            self.bus.publish("assignments")
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         return await self.capacity.agent(function, *args)
@@ -288,11 +297,13 @@ class AgentApi:
                 raise HttpError(403, f"run {run_id} is not node {name}'s")
             return store_lines(session, run, stream, lines, end)
 
-    def output_moved(self) -> None:
+    def output_moved(self, *, remote: bool = False) -> None:
         """Wake readers following logs or a job's state (`GET /runs/{id}/logs?wait=`,
-        the site's live feeds)."""
+        the site's live feeds), here and on the other controllers."""
         self._output_moved.set()
         self._output_moved = anyio.Event()
+        if not remote:
+            self.bus.publish("output")
 
     async def wait_output(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):

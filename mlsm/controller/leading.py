@@ -114,7 +114,9 @@ class SqliteLeadership(Leadership):
             ) from None
         file.seek(0)
         file.truncate()
-        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self.identity = f"pid {os.getpid()} on {socket.gethostname()}"
+        self.term = 1
+        file.write(self.identity + "\n")
         file.flush()
         self._file = file
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from mlsm.controller.api import create_app
 from mlsm.controller.capacity import Capacity
 from mlsm.controller.leading import Leadership, NotLeader
 from mlsm.controller.leasing import LeaseChanges, Leases, check_leases
+from mlsm.controller.notifying import bus_for
 from mlsm.controller.rewinds import check_mark, save_mark
 from mlsm.controller.scheduling import AssignOutcome, assign
 from mlsm.controller.serving import server_config
@@ -119,6 +121,8 @@ class Controller:
             recheck=settings.recheck_interval,
             token_cache=settings.token_cache,
         )
+        self.bus = bus_for(store, self.leadership.identity)
+        self.agents.bus = self.bus
         self.telemetry = Telemetry()
         self.telemetry.watch_store(store)
         self.synced_once = False
@@ -143,10 +147,28 @@ class Controller:
         )
 
     def request_sync(self) -> None:
-        self._wake.set()
+        """A sync now: here when this controller leads, else by the leader."""
+        if self.leadership.leading:
+            self._wake.set()
+        else:
+            self.bus.publish("sync")
 
     def request_schedule(self) -> None:
-        self._schedule.set()
+        """A scheduling pass now: here when this controller leads, else by the leader."""
+        if self.leadership.leading:
+            self._schedule.set()
+        else:
+            self.bus.publish("schedule")
+
+    def _heard(self) -> dict[str, Callable[[], None]]:
+        """What another controller's messages do here (`notifying.py`)."""
+        return {
+            "assignments": lambda: self.agents.assignments_moved(remote=True),
+            "output": lambda: self.agents.output_moved(remote=True),
+            "catalog": lambda: self.agents.catalog_changed(remote=True),
+            "schedule": lambda: self._schedule.set(),  # (the loops replace these events)
+            "sync": lambda: self._wake.set(),
+        }
 
     async def run(self, *, ready: anyio.Event | None = None) -> None:
         config = server_config(
@@ -165,6 +187,7 @@ class Controller:
         )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.leadership.run)
+            tasks.start_soon(self.bus.run, self._heard())
             tasks.start_soon(self._sync_loop)
             tasks.start_soon(self._schedule_loop)
             tasks.start_soon(self.agents.flush_heartbeats)

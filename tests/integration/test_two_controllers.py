@@ -164,3 +164,35 @@ def test_a_second_controller_on_one_sqlite_database_refuses_and_says_why(
     assert re.search(r"another controller \(pid \d+ on [^)]+\) already runs on the SQLite "
                      r"database mlsm\.db: ", line), line  # fmt: skip
     assert "SQLite serves one controller. For two, give both the same PostgreSQL" in line
+
+
+@postgres_only
+def test_a_binding_and_a_log_line_through_one_wake_waiters_on_the_other_at_once(
+    start: Callable[..., httpx.Client],
+    start_agent: Callable[..., Any],
+    repo: GitRepo,
+    tmp_path: Path,
+    database_url: str,
+) -> None:
+    """With the database re-read only every 30 s, what one controller writes still
+    wakes the other's waiters at once: its messages on the `mlsm` channel."""
+    repo.write("nodes/gpu-1.yaml", node("gpu-1", gpus=1))
+    repo.commit("A node")
+    a, b = two(start, repo, tmp_path, "--recheck-interval", "30")
+    start_agent(b, "gpu-1", issue_node_token(database_url, "gpu-1"), controller=str(b.base_url))
+    wait_for(lambda: ready(a, "gpu-1"), timeout=30)
+    time.sleep(1)  # the agent's long poll on B is waiting now
+
+    repo.write("jobs/count.yaml", counting("count", 300))
+    committed = time.monotonic()
+    repo.commit("A job")
+    wait_phase(a, "count", "Running", timeout=25)  # bound by A, heard by the agent on B
+    assert time.monotonic() - committed < 10, "the agent heard of its run only by polling"
+
+    (run,) = runs_of(a, "count")
+    logs = f"/api/v1/runs/{run['id']}/logs"
+    after = a.get(logs, params={"tail": 0}).json()["next"]
+    asked = time.monotonic()
+    page = a.get(logs, params={"after": after, "wait": 25}, timeout=40).json()
+    assert page["lines"], page  # shipped through B, a follower of the log on A woke
+    assert time.monotonic() - asked < 5
