@@ -22,6 +22,9 @@ class ServerError(UserError):
 
 
 class Client:
+    """The controller's API; `server` may name several controllers on one database,
+    comma-separated: a request that cannot reach one goes to the next."""
+
     def __init__(
         self,
         server: str | None = None,
@@ -30,15 +33,19 @@ class Client:
         ca_file: Path | None = None,
         insecure: bool = False,
     ) -> None:
-        self.server = (server or os.environ.get("MLSM_SERVER") or DEFAULT_SERVER).rstrip("/")
+        given = server or os.environ.get("MLSM_SERVER") or DEFAULT_SERVER
+        self.servers = [s.strip().rstrip("/") for s in given.split(",") if s.strip()]
+        self.server = self.servers[0]
         token = token or os.environ.get("MLSM_TOKEN")
         if token:
-            refuse_clear_text(self.server, insecure=insecure)
+            for url in self.servers:
+                refuse_clear_text(url, insecure=insecure)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         import httpx  # here: 0.1 s to import, which `validate` and `plan --base` never need
 
-        verify = client_context(ca_file) if self.server.startswith("https://") else True
-        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=30, verify=verify)
+        secure = any(url.startswith("https://") for url in self.servers)
+        verify = client_context(ca_file) if secure else True
+        self._http = httpx.Client(headers=headers, timeout=30, verify=verify)
 
     def get(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, params={k: v for k, v in params.items() if v})
@@ -53,23 +60,27 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
-        try:
-            response = self._http.request(method, f"/api/v1{path}", **kwargs)
-        except httpx.TransportError as exc:
-            said = explain(exc, self.server)
-            if said is not None:
-                raise ServerError(said) from exc
-            raise ServerError(
-                f"cannot reach the controller at {self.server} ({exc}); is it running? "
-                "Set --server or MLSM_SERVER"
-            ) from exc
-        if response.status_code >= 400:
+        failures: list[str] = []
+        for url in [self.server, *(u for u in self.servers if u != self.server)]:
             try:
-                message = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text.strip()[:200] or response.reason_phrase
-            raise ServerError(f"{self.server}: {message}")
-        return response.json()
+                response = self._http.request(method, f"{url}/api/v1{path}", **kwargs)
+            except httpx.TransportError as exc:
+                said = explain(exc, url)
+                if said is not None and len(self.servers) == 1:
+                    raise ServerError(said) from exc
+                failures.append(said or f"cannot reach the controller at {url} ({exc})")
+                continue
+            self.server = url  # the next request starts where this one was answered
+            if response.status_code >= 400:
+                try:
+                    message = response.json()["error"]
+                except (ValueError, KeyError, TypeError):
+                    message = response.text.strip()[:200] or response.reason_phrase
+                raise ServerError(f"{url}: {message}")
+            return response.json()
+        if len(self.servers) == 1:
+            raise ServerError(f"{failures[0]}; is it running? Set --server or MLSM_SERVER")
+        raise ServerError("no controller answers: " + "; ".join(failures))
 
     def objects(self, kind: str, **params: Any) -> Iterator[dict[str, Any]]:
         """Every object of a kind, following the pagination."""

@@ -5,14 +5,15 @@ checks.
 PostgreSQL (several controllers on one database):
 
 - **A lock held by a session.** The leader holds an advisory lock on a database
-  session of its own. PostgreSQL lets it go the moment that session ends, so when a
-  leader dies (`kill -9`, a crash, a reboot) another takes the lock at its next try,
-  within a second.
+  session of its own, which PostgreSQL lets go the moment that session ends: a
+  leader that dies (`kill -9`, a crash, a reboot) frees it at once.
 - **A lease, so that a hung leader is replaced.** The leader renews a lease row
   (`leadership`: holder, term, expiry by the database's clock) every `ttl / 4`
-  seconds. A leader that stops (SIGSTOP, a hung disk) or loses the database keeps
-  its session, and so the lock, but not its lease. Once the lease has lapsed, a
-  candidate ends the holder's session (`pg_terminate_backend`) and takes the lock.
+  seconds (a 6 s lease). A candidate that holds the lock leads only once the lease
+  has lapsed: a leader cut off from the database has lost its session too, but may
+  not know it yet. A leader that stops (SIGSTOP, a hung disk) keeps its session, and
+  so the lock, but not its lease: once the lease has lapsed, a candidate ends the
+  holder's session (`pg_terminate_backend`) and takes the lock.
 - **A deposed leader stops first.** A leader counts its lease from before it asked
   for it, on its own monotonic clock, and stops leading at 80% of it unless renewed.
   The database's expiry is later than that, and a candidate waits for the expiry.
@@ -52,7 +53,9 @@ __all__ = ["Leadership", "NotLeader", "leadership_for"]
 
 log = logging.getLogger("mlsm.controller")
 
-LEASE_SECONDS = 10.0
+LEASE_SECONDS = 6.0
+"""A leader renews its lease every quarter of this and stops at 80% of it unless
+renewed; another leads once it has lapsed: within 6.5 s of a leader's death."""
 LOCK = "controller-leader"
 ROW = "controller"
 SAFETY = 0.8
@@ -172,9 +175,12 @@ class PostgresLeadership(Leadership):
                 if self.term == 0:
                     await self._contend()
                     await anyio.sleep(self.retry)
+                elif time.monotonic() >= self._deadline:
+                    self._demote()
                 else:
                     await self._renew()
-                    await anyio.sleep(self.ttl / 4)
+                    left = max(self._deadline - time.monotonic(), 0.0)
+                    await anyio.sleep(min(self.ttl / 4, left))  # wake at the deadline
         finally:
             self.close()
 
@@ -193,17 +199,19 @@ class PostgresLeadership(Leadership):
 
     async def _renew(self) -> None:
         started = time.monotonic()
-        renewed = False
         with anyio.move_on_after(max(self._deadline - started, 0.0)):
             try:
                 renewed = await anyio.to_thread.run_sync(self._extend, abandon_on_cancel=True)
-            except Exception as exc:
+            except Exception as exc:  # the lease holds until the deadline: try again
                 log.warning("cannot renew the lease: %s", _first_line(exc))
-        if renewed:
-            self._deadline = started + self.ttl * SAFETY
-            return
-        if time.monotonic() < self._deadline:
-            return  # the lease still holds: the next renewal may work
+                self._drop_session()  # the next try connects again
+                return
+            if renewed:
+                self._deadline = started + self.ttl * SAFETY
+            else:  # another holds the lease: it took over after ours lapsed
+                self._demote()
+
+    def _demote(self) -> None:
         log.warning("no longer leading (term %d): the lease was not renewed", self.term)
         self.term = 0
         self._drop_session()
@@ -229,11 +237,11 @@ class PostgresLeadership(Leadership):
             text(
                 "UPDATE leadership SET holder = :me, term = term + 1, "
                 "expires_at = now() + make_interval(secs => :ttl) WHERE name = :row "
-                "RETURNING term"
+                "AND (holder = '' OR expires_at IS NULL OR expires_at < now()) RETURNING term"
             ),
             {"me": self.identity, "ttl": self.ttl, "row": ROW},
         ).scalar()
-        return int(term or 0)
+        return int(term or 0)  # 0: the last leader's lease runs yet; it may still act
 
     def _end_lapsed_leader(self, session: Connection, key: int) -> None:
         """The lock is held: if its holder let the lease lapse, it is hung or cut off;
@@ -260,17 +268,17 @@ class PostgresLeadership(Leadership):
             session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
     def _extend(self) -> bool:
-        renewed = (
-            self._connection()
-            .execute(
-                text(
-                    "UPDATE leadership SET expires_at = now() + make_interval(secs => :ttl) "
-                    "WHERE name = :row AND holder = :me AND term = :term RETURNING term"
-                ),
-                {"ttl": self.ttl, "row": ROW, "me": self.identity, "term": self.term},
-            )
-            .first()
-        )
+        fresh = self._session is None
+        session = self._connection()
+        if fresh:  # the session that held the lock was lost: hold it again if it is free
+            session.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": lock_key(LOCK)})
+        renewed = session.execute(
+            text(
+                "UPDATE leadership SET expires_at = now() + make_interval(secs => :ttl) "
+                "WHERE name = :row AND holder = :me AND term = :term RETURNING term"
+            ),
+            {"ttl": self.ttl, "row": ROW, "me": self.identity, "term": self.term},
+        ).first()
         return renewed is not None
 
     def _drop_session(self) -> None:
@@ -285,6 +293,18 @@ class PostgresLeadership(Leadership):
         self._changed = anyio.Event()
 
     def close(self) -> None:
+        """Stop leading: the lease ends now (best effort), so that another leads at
+        its next try rather than when the lease would have lapsed."""
+        if self.term and self._session is not None:
+            with contextlib.suppress(Exception):
+                self._session.execute(
+                    text(
+                        "UPDATE leadership SET expires_at = now() WHERE name = :row "
+                        "AND holder = :me AND term = :term"
+                    ),
+                    {"row": ROW, "me": self.identity, "term": self.term},
+                )
+        self.term = 0
         self._drop_session()
 
 

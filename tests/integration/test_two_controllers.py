@@ -7,15 +7,21 @@ SQLite a second controller refuses to start."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import re
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from tests.databases import postgres_only, sqlite_only
 from tests.integration.conftest import (
@@ -113,6 +119,11 @@ def test_kill_9_of_the_leader_hands_over_within_10_s_and_loses_nothing(
     assert len(runs_of(b, "after")) == 1
     assert ready(b, "gpu-1")
     assert "moving to the controller at" in agent.output()
+    both = f"{a.base_url},{b.base_url}".replace("/,", ",")
+    listed = subprocess.run([sys.executable, "-m", "mlsm.cli", "get", "jobs", "--server", both],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr  # A is dead: mlsmctl asks B
+    assert "count" in listed.stdout
 
 
 @postgres_only
@@ -131,8 +142,8 @@ def test_a_stopped_leader_is_replaced_and_writes_nothing_when_it_wakes(
     a.process.send_signal(signal.SIGSTOP)  # type: ignore[attr-defined]
     try:
         stopped = time.monotonic()
-        wait_for(lambda: leading(b), timeout=30)  # once A's lease (10 s) lapsed
-        assert time.monotonic() - stopped > 7  # not before: A might only be slow
+        wait_for(lambda: leading(b), timeout=30)  # once A's lease (6 s) lapsed
+        assert time.monotonic() - stopped > 4  # not before: A might only be slow
         repo.write("jobs/one.yaml", counting("one", 3))
         repo.commit("A job while the old leader sleeps")
         wait_phase(b, "one", "Succeeded", timeout=60)
@@ -196,3 +207,71 @@ def test_a_binding_and_a_log_line_through_one_wake_waiters_on_the_other_at_once(
     page = a.get(logs, params={"after": after, "wait": 25}, timeout=40).json()
     assert page["lines"], page  # shipped through B, a follower of the log on A woke
     assert time.monotonic() - asked < 5
+
+
+class Cuttable:
+    """A TCP proxy to PostgreSQL whose connections can be cut, as a network would:
+    what goes through it stops, and the server sees its clients go."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.open = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def cut(self) -> None:
+        self.open = False
+        for held in self.sockets:
+            with contextlib.suppress(OSError):
+                held.shutdown(socket.SHUT_RDWR)
+                held.close()
+
+
+def log_time(log: Path, fragment: str) -> dt.datetime:
+    for line in log.read_text().splitlines():
+        if fragment in line:
+            return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    raise AssertionError(f"{fragment!r} not in {log}")
+
+
+@postgres_only
+def test_a_leader_cut_off_from_the_database_stops_before_another_starts(
+    start: Callable[..., httpx.Client], repo: GitRepo, tmp_path: Path, database_url: str
+) -> None:
+    repo.write("nodes/gpu-1.yaml", node("gpu-1"))
+    repo.commit()
+    url = make_url(database_url)
+    proxy = Cuttable(int(url.port or 5432))
+    through = url.set(port=proxy.port).render_as_string(hide_password=False)
+    a = start(str(repo.root), "--database-url", through, "--state-dir", str(tmp_path / "a"))
+    wait_for(lambda: leading(a))
+    b = start(str(repo.root), "--state-dir", str(tmp_path / "b"))
+    proxy.cut()
+    wait_for(lambda: leading(b), timeout=20)
+    wait_for(lambda: not leading(a), timeout=10)
+    logs = {c.base_url.port: tmp_path / f"controller-{c.base_url.port}.log" for c in (a, b)}
+    stopped = log_time(logs[a.base_url.port], "no longer leading (term 1)")
+    started = log_time(logs[b.base_url.port], "leading (term 2")
+    assert stopped < started, (stopped, started)
