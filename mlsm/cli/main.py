@@ -171,14 +171,21 @@ TokenOption = Annotated[
 ]  # fmt: skip
 CaFileOption = Annotated[
     Path | None,
-    typer.Option("--ca-file", envvar="MLSM_CA_FILE", show_default=False,
-                 help="The CA of the controller's certificate (default: the system's)."),
-]  # fmt: skip
+    typer.Option(
+        "--ca-file",
+        envvar="MLSM_CA_FILE",
+        show_default=False,
+        help="The CA of the controller's certificate (default: the system's).",
+    ),
+]
 InsecureOption = Annotated[
     bool,
-    typer.Option("--insecure", envvar="MLSM_INSECURE",
-                 help="Send the token over plain HTTP to another machine."),
-]  # fmt: skip
+    typer.Option(
+        "--insecure",
+        envvar="MLSM_INSECURE",
+        help="Send the token over plain HTTP to another machine.",
+    ),
+]
 
 
 class GetFormat(StrEnum):

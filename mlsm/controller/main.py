@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from mlsm import __version__
 from mlsm.commands import listen_address, run_command
+from mlsm.controller import backups
 from mlsm.controller.leading import SqliteLeadership, leadership_for
 from mlsm.controller.running import Controller, Settings
 from mlsm.controller.sources import SourceError, open_source
@@ -274,6 +275,34 @@ def migrate_command(database_url: DatabaseOption = None, version: VersionOption 
     store.migrate()
     current, _ = store.revisions()
     typer.echo(f"database at revision {current}")
+
+
+@app.command("backup")
+def backup_command(
+    path: Annotated[Path, typer.Argument(help="The file to write (replaced whole).")],
+    database_url: DatabaseOption = None,
+    version: VersionOption = False,
+) -> None:
+    """Copy the database to PATH while the controller runs: SQLite's online backup
+    API (checked before it replaces PATH), or pg_dump --format=custom."""
+    store = Store.open(database_url)
+    store.check_migrated()
+    typer.echo(backups.backup(store, path))
+
+
+@app.command("restore")
+def restore_command(
+    path: Annotated[Path, typer.Argument(help="A file `backup` wrote.")],
+    database_url: DatabaseOption = None,
+    version: VersionOption = False,
+) -> None:
+    """Replace the database with a backup; stop the controller first (SQLite: it
+    refuses while one runs). PostgreSQL: pg_restore --clean."""
+    store = Store.open(database_url)
+    said = backups.restore(store, path)
+    store.dispose()
+    Store.open(database_url).check_migrated()
+    typer.echo(said)
 
 
 @tokens.command("issue")
