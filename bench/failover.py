@@ -1,7 +1,7 @@
 """Two controllers on one PostgreSQL database: how long a `kill -9` of the leader
 stops scheduling, and what a second controller costs or gives under agent load.
 
-    python bench/failover.py [--trials 5] [--nodes 400] [--rate 800] [--seconds 8]
+    python bench/failover.py [--trials 5] [--nodes 800] [--rate 1600] [--seconds 8]
 
 Failover: controllers A (leading) and B on one throwaway cluster; a job waits, bound
 to nothing because its node sends no heartbeat. At `kill -9` of A the node starts
@@ -49,7 +49,8 @@ def controller(repo: Path, url: str, state: Path, log: Path) -> tuple[subprocess
     process = subprocess.Popen(
         [sys.executable, "-m", "mlsm.controller", "run", "--repo", str(repo), "--database-url",
          url, "--listen", f"127.0.0.1:{port}", "--state-dir", str(state),
-         "--poll-interval", "0.2", "--node-grace", "2", "--schedule-interval", "0.2"],
+         "--poll-interval", "0.2", "--node-grace", "2", "--schedule-interval", "0.2",
+         "--max-connections", "4000"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -192,8 +193,8 @@ def _load_figures(tmp: Path, url: str, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--nodes", type=int, default=400)
-    parser.add_argument("--rate", type=float, default=800.0)
+    parser.add_argument("--nodes", type=int, default=800)
+    parser.add_argument("--rate", type=float, default=1600.0)
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     os.environ.setdefault("MLSM_CACHE_DIR", "")

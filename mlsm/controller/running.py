@@ -125,6 +125,10 @@ class Controller:
         self.agents.bus = self.bus
         self.telemetry = Telemetry()
         self.telemetry.watch_store(store)
+        self.telemetry.leader.set_function(lambda: 1.0 if self.leadership.leading else 0.0)
+        self.telemetry.leader_term.set_function(
+            lambda: float(self.leadership.term if self.leadership.leading else 0)
+        )
         self.synced_once = False
         """The first sync of this process has finished (`/readyz`)."""
         site = create_site(

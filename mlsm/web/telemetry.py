@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import select
@@ -48,6 +48,17 @@ class Telemetry:
         )
         self.sync_errors = Counter(
             "mlsm_sync_errors_total", "Syncs that failed or were held", registry=self.registry
+        )
+        self.leader = Gauge(
+            "mlsm_leader",
+            "1 while this controller leads (runs the sync, scheduling and lease loops), "
+            "else 0; with several controllers on one database, exactly one should be 1",
+            registry=self.registry,
+        )
+        self.leader_term = Gauge(
+            "mlsm_leader_term",
+            "The leadership term this controller holds (0: none)",
+            registry=self.registry,
         )
 
     def watch_store(self, store: Store) -> None:

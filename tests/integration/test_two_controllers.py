@@ -99,6 +99,8 @@ def test_kill_9_of_the_leader_hands_over_within_10_s_and_loses_nothing(
     repo.commit("A node and a job that logs for 10 s")
     a, b = two(start, repo, tmp_path)
     assert not leading(b)  # a follower serves, and does not lead
+    assert "mlsm_leader 1.0" in a.get("/metrics").text
+    assert "mlsm_leader 0.0" in b.get("/metrics").text
     token = issue_node_token(database_url, "gpu-1")
     agent = start_agent(a, "gpu-1", token, gpus=2, controller=f"{a.base_url},{b.base_url}")
     wait_phase(a, "count", "Running", timeout=60)

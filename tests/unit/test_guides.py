@@ -46,7 +46,7 @@ def commands(text: str) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("guide", [*GUIDES, "../README.md"])
+@pytest.mark.parametrize("guide", [*GUIDES, "operations.md", "../README.md"])
 def test_every_command_in_a_guide_exists_with_its_options(guide: str) -> None:
     from mlsm.agent.main import app as agent
     from mlsm.controller.main import app as controller
