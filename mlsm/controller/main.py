@@ -24,13 +24,14 @@ from sqlalchemy import select
 from mlsm import __version__
 from mlsm.commands import listen_address, run_command
 from mlsm.controller import backups
+from mlsm.controller.joining import join_script
 from mlsm.controller.leading import SqliteLeadership, leadership_for
 from mlsm.controller.running import Controller, Settings
 from mlsm.controller.sources import SourceError, open_source
 from mlsm.errors import UserError
-from mlsm.store import Store, Token
+from mlsm.store import Node, Store, Token
 from mlsm.store.tokens import token_digest
-from mlsm.tls import check_server_files
+from mlsm.tls import check_server_files, client_context
 
 __all__ = ["app", "entry", "main"]
 
@@ -275,6 +276,72 @@ def migrate_command(database_url: DatabaseOption = None, version: VersionOption 
     store.migrate()
     current, _ = store.revisions()
     typer.echo(f"database at revision {current}")
+
+
+@app.command("join")
+def join_command(
+    node: Annotated[str, typer.Argument(help="The server's Node name (nodes/NAME.yaml).")],
+    controller_url: Annotated[
+        str,
+        typer.Option(
+            "--controller-url",
+            envvar="MLSM_PUBLIC_URL",
+            help="Where the server reaches the controller (several: comma-separated).",
+        ),
+    ],
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            show_default=False,
+            help="The CA of the controller's certificate, to install on the server.",
+        ),
+    ] = None,
+    storage_root: Annotated[str, typer.Option(help="The agent's storage root there.")] = (
+        "/srv/mlsm"
+    ),
+    package: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLSM_PACKAGE",
+            show_default=False,
+            help="What pip installs mlsm from there (default: the script asks for MLSM_PACKAGE).",
+        ),
+    ] = None,
+    database_url: DatabaseOption = None,
+    version: VersionOption = False,
+) -> None:
+    """Issue NODE's token and print what that server needs next, as a script to run
+    there as root: the agent's settings and token, and the two commands that install
+    the agent and start it under systemd."""
+    urls = [u.strip().rstrip("/") for u in controller_url.split(",") if u.strip()]
+    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise UserError(f"--controller-url must be http(s) URLs, got '{controller_url}'")
+    ca_pem = None
+    if ca_file is not None:
+        try:
+            ca_pem = ca_file.read_text()
+        except OSError as exc:
+            raise UserError(f"--ca-file {ca_file}: {exc.strerror}") from None
+        client_context(ca_file)  # a PEM that verifies, or one line saying why not
+    store = Store.open(database_url)
+    store.check_migrated()
+    secret = f"mlsm_{secrets.token_urlsafe(32)}"
+    with store.write() as session:
+        merged = session.scalars(
+            select(Node).where(Node.name == node, Node.deleted_at.is_(None), Node.generation > 0)
+        ).first()
+        session.add(Token(role="node", node=node, digest=token_digest(secret), prefix=secret[:12]))
+    script = join_script(
+        node, secret, urls, storage_root=storage_root, ca_pem=ca_pem, package=package
+    )
+    typer.echo(script, nl=False)
+    typer.echo(f"node token {secret[:12]}… issued for {node}; run the script above on it", err=True)
+    if merged is None:
+        typer.echo(
+            f"warning: no Node {node} is merged yet: its agent is refused until "
+            f"nodes/{node}.yaml is",
+            err=True,
+        )
 
 
 @app.command("backup")
