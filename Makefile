@@ -74,7 +74,9 @@ ENGINE_ENV = set -a && . .mlsm/engine.env && set +a
 unit: $(STAMP) system engine
 	$(ENGINE_ENV) && $(BIN)/python -m pytest -q
 
-test: engine lint system
+# The Debian packages install while pip does, and the engine starts while lint runs.
+test:
+	@$(MAKE) --no-print-directory --jobs=3 --output-sync=target engine lint system
 	$(BIN)/mlsmctl validate manifests/
 	$(ENGINE_ENV) && $(BIN)/python -m pytest -q
 

@@ -103,6 +103,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 @pytest.fixture
 def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Client]]:
     processes: list[subprocess.Popen[bytes]] = []
+    clients: list[httpx.Client] = []
 
     def _start(
         repo: str, *flags: str, port: int | None = None, verify: ssl.SSLContext | None = None
@@ -121,10 +122,13 @@ def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., httpx.Cli
         client = httpx.Client(base_url=f"{scheme}://127.0.0.1:{port}", timeout=5,
                               verify=verify if verify is not None else True)  # fmt: skip
         client.process = process  # type: ignore[attr-defined]  # for tests that kill it
+        clients.append(client)
         wait_for(lambda: client.get("/healthz").status_code == 200)
         return client
 
     yield _start
+    for client in clients:  # an open keep-alive TLS connection holds a controller's
+        client.close()  # graceful shutdown for its full 2 s
     for process in processes:
         process.terminate()
         process.wait(10)

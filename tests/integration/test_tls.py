@@ -250,7 +250,7 @@ def test_a_node_token_never_goes_in_clear_text_to_another_machine(tmp_path: Path
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:  # it runs, and keeps trying the (unreachable) controller
         with pytest.raises(subprocess.TimeoutExpired):
-            said_so.wait(3)
+            said_so.wait(1.5)
     finally:
         said_so.kill()
         said_so.wait()
