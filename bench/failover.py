@@ -39,7 +39,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import databases, free_port, git, job, wait
-from heartbeats import INVENTORY, exchange, prepare, request
+from heartbeats import INVENTORY, hammer, prepare
 
 from tests import postgres
 
@@ -109,48 +109,6 @@ def _failover(tmp: Path, url: str, trial: int) -> float:
                 process.wait(10)
 
 
-async def load(
-    ports: list[int], nodes: int, rate: float, seconds: float
-) -> tuple[float, list[float], list[float]]:
-    """Heartbeats spread over `ports` (node i to ports[i % len]), and a reader per port."""
-    beats: list[float] = []
-    reads: list[float] = []
-    interval = nodes / rate
-    connections = [await asyncio.open_connection("127.0.0.1", ports[n % len(ports)])
-                   for n in range(nodes)]  # fmt: skip
-    begin = time.perf_counter() + 0.2
-    deadline = begin + seconds
-
-    async def agent(node: int) -> None:
-        reader, writer = connections[node]
-        data = request(node)
-        due = begin + interval * node / nodes
-        try:
-            while due < deadline:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                await exchange(reader, writer, data)
-                beats.append(time.perf_counter() - due)
-                due += interval
-        finally:
-            writer.close()
-
-    async def read(port: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        ask = b"GET /api/v1/nodes?limit=100 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-        due = begin
-        try:
-            while due < deadline:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                await exchange(reader, writer, ask)
-                reads.append(time.perf_counter() - due)
-                due += 0.1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(agent(n) for n in range(nodes)), *(read(p) for p in ports))
-    return len(beats) / seconds, beats, reads
-
-
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[max(int(len(ordered) * share) - 1, 0)] * 1000
@@ -171,9 +129,12 @@ def _load_figures(tmp: Path, url: str, args: argparse.Namespace) -> None:
             ports = [int(base.rsplit(":", 1)[1]) for _, base in started]
             last = f"{started[0][1]}/api/v1/nodes/n{args.nodes - 1}"
             wait(lambda last=last: httpx.get(last).status_code == 200, timeout=60)
-            asyncio.run(load(ports, args.nodes, args.rate, 1.0))  # warm up
+            asyncio.run(hammer(ports, args.nodes, args.rate, 1.0))  # warm up
             gc.disable()
-            done, beats, reads = asyncio.run(load(ports, args.nodes, args.rate, args.seconds))
+            beaten, beats, reads = asyncio.run(
+                hammer(ports, args.nodes, args.rate, args.seconds, read_every=0.1)
+            )
+            done = beaten / args.seconds
             gc.enable()
         finally:
             for process, _ in started:

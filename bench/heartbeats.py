@@ -83,13 +83,19 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, d
         raise SystemExit(f"bench: heartbeat answered {status.decode()}: {body.decode()}")
 
 
-async def hammer(port: int, nodes: int, rate: float, seconds: float) -> tuple[int, list[float]]:
+async def hammer(
+    ports: list[int], nodes: int, rate: float, seconds: float, *, read_every: float = 0.0
+) -> tuple[int, list[float], list[float]]:
     """Open loop, as real agents behave: each node beats on its own connection every
-    `nodes / rate` seconds (spread evenly), whatever the answers' latency."""
-    latencies: list[float] = []
+    `nodes / rate` seconds (spread evenly), whatever the answers' latency; node i
+    beats to ports[i % len(ports)]. With `read_every`, a reader per port asks for a
+    page of nodes that often. Returns the beats done, their latencies, the reads'."""
+    beats: list[float] = []
+    reads: list[float] = []
     interval = nodes / rate
     # Connect first (real agents keep their connection open), then beat.
-    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(nodes)]
+    connections = [await asyncio.open_connection("127.0.0.1", ports[n % len(ports)])
+                   for n in range(nodes)]  # fmt: skip
     begin = time.perf_counter() + 0.2
     deadline = begin + seconds
 
@@ -101,13 +107,27 @@ async def hammer(port: int, nodes: int, rate: float, seconds: float) -> tuple[in
             while due < deadline:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 await exchange(reader, writer, data)
-                latencies.append(time.perf_counter() - due)  # includes any lateness
+                beats.append(time.perf_counter() - due)  # includes any lateness
                 due += interval
         finally:
             writer.close()
 
-    await asyncio.gather(*(agent(n) for n in range(nodes)))
-    return len(latencies), latencies
+    async def read(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        ask = b"GET /api/v1/nodes?limit=100 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        due = begin
+        try:
+            while due < deadline:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                await exchange(reader, writer, ask)
+                reads.append(time.perf_counter() - due)
+                due += read_every
+        finally:
+            writer.close()
+
+    readers = [read(p) for p in ports] if read_every else []
+    await asyncio.gather(*(agent(n) for n in range(nodes)), *readers)
+    return len(beats), beats, reads
 
 
 def run(kind: str, url: str, args: argparse.Namespace, tmp: Path) -> None:
@@ -131,9 +151,9 @@ def run(kind: str, url: str, args: argparse.Namespace, tmp: Path) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("bench: the controller did not come up")
             time.sleep(0.05)
-        asyncio.run(hammer(port, args.nodes, args.rate, 1.0))  # warm up
+        asyncio.run(hammer([port], args.nodes, args.rate, 1.0))  # warm up
         gc.disable()  # the load generator must not pause; the controller is measured
-        count, latencies = asyncio.run(hammer(port, args.nodes, args.rate, args.seconds))
+        count, latencies, _ = asyncio.run(hammer([port], args.nodes, args.rate, args.seconds))
         gc.enable()
     finally:
         process.terminate()

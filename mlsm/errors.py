@@ -9,7 +9,12 @@ internal and carry retry meaning for the loops that catch them.
 
 from __future__ import annotations
 
-__all__ = ["HttpError", "MlsmError", "UserError"]
+__all__ = ["HttpError", "MlsmError", "UserError", "first_line"]
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line (a driver's error spans several)."""
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
 class MlsmError(Exception):

@@ -60,6 +60,9 @@ TRAINER_PACKAGES = [
     "yaml-rs",
 ]
 PYTHON_SITE = "usr/local/lib/python3.11/dist-packages"
+# Debian's packages in the Python image: python3-venv and git are what deploy/Dockerfile
+# needs of a base (tests/integration/test_images.py builds mlsm's images on it).
+PYTHON_DEBS = ["python3", "python3-venv", "git"]
 
 
 def say(message: str) -> None:
@@ -174,21 +177,51 @@ def busybox_image() -> str:
 
 def trainer_distributions() -> list[metadata.Distribution]:
     """The trainer's packages and everything they require, as installed in .venv."""
-    wanted, seen, found = list(TRAINER_PACKAGES), set(), []
+    return distributions(TRAINER_PACKAGES)
+
+
+def distributions(packages: list[str]) -> list[metadata.Distribution]:
+    """These requirements and everything they require, with the extras they name
+    (psycopg[binary]), as installed here: the lock's versions."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted, seen, found = [Requirement(p) for p in packages], set(), {}
     while wanted:
-        name = re.split(r"[ ;<>=!~\[(]", wanted.pop())[0].lower().replace("_", "-")
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue  # an optional requirement that is not installed
-        found.append(dist)
-        for requirement in dist.requires or []:
-            if "extra ==" not in requirement:
-                wanted.append(requirement)
-    return sorted(found, key=lambda d: d.metadata["Name"].lower())
+        requirement = wanted.pop()
+        name = canonicalize_name(requirement.name)
+        for extra in ["", *sorted(requirement.extras)]:
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                continue  # an optional requirement that is not installed
+            found[name] = dist
+            for text in dist.requires or []:
+                needed = Requirement(text)
+                marker = needed.marker
+                if marker.evaluate({"extra": extra}) if marker else not extra:
+                    wanted.append(needed)
+    return sorted(found.values(), key=lambda d: d.metadata["Name"].lower())
+
+
+def wheelhouse(target: Path) -> None:
+    """mlsm's own dependencies (no extras: no torch) and its build backend as wheels
+    in TARGET, at the versions installed here (the lock's), for this machine's Python
+    and platform (Debian bookworm's, as the test base's): what deploy/Dockerfile
+    installs offline with PIP_OPTIONS="--no-index --find-links=/src/wheels"."""
+    pins = [f"{d.metadata['Name']}=={d.version}" for d in distributions(["mlsm", "setuptools"])
+            if d.metadata["Name"] != "mlsm"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "--only-binary=:all:", f"--dest={target}", *pins],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        fail(f"pip download of mlsm's wheels failed:\n{done.stderr[-3000:]}")
+    say(f"{len(pins)} wheels for deploy/Dockerfile in {target}")
 
 
 def mirror() -> str:
@@ -200,7 +233,7 @@ def mirror() -> str:
 
 
 def python_tag(dists: list[metadata.Distribution]) -> str:
-    made_of = ["bookworm", "minbase", "python3", PYTHON_SITE, TRAINER_PACKAGES]
+    made_of = ["bookworm", "minbase", PYTHON_DEBS, PYTHON_SITE, TRAINER_PACKAGES]
     made_of.append([(d.metadata["Name"], d.version) for d in dists])
     return f"localhost/mlsm-test/python:{recipe(made_of)}"
 
@@ -244,12 +277,12 @@ def python_image() -> str:
     with tempfile.TemporaryDirectory(dir=ROOT / ".mlsm") as scratch:
         rootfs = Path(scratch) / "rootfs"
         started = time.monotonic()
-        say("debootstrap: Debian bookworm with python3 (about a minute)")
+        say(f"debootstrap: Debian bookworm with {', '.join(PYTHON_DEBS)} (about a minute)")
         done = subprocess.run(
             [
                 "debootstrap",
                 "--variant=minbase",
-                "--include=python3",
+                f"--include={','.join(PYTHON_DEBS)}",
                 "bookworm",
                 str(rootfs),
                 mirror(),
@@ -284,7 +317,15 @@ def main() -> None:
         "--for-run", action="store_true", help=f"engine and busybox only; {without}"
     )
     parser.add_argument("--python-image", action="store_true", help="build the Python image now")
+    parser.add_argument("--wheels", type=Path, metavar="DIR", help="mlsm's wheels into DIR")
     args = parser.parse_args()
+    if args.wheels:
+        try:
+            wheelhouse(args.wheels)
+        except Unavailable as exc:
+            print(f"engine: error: {exc}", flush=True)
+            sys.exit(1)
+        return
     if args.python_image:
         try:
             python_image()

@@ -45,7 +45,7 @@ import anyio
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from mlsm.errors import UserError
+from mlsm.errors import UserError, first_line
 from mlsm.store import Store
 from mlsm.store.database import lock_key
 
@@ -189,7 +189,7 @@ class PostgresLeadership(Leadership):
         try:
             term = await anyio.to_thread.run_sync(self._take, abandon_on_cancel=True)
         except Exception as exc:  # the database is down: try again
-            log.warning("cannot contend for leadership: %s", _first_line(exc))
+            log.warning("cannot contend for leadership: %s", first_line(exc))
             self._drop_session()
             return
         if term:
@@ -203,7 +203,7 @@ class PostgresLeadership(Leadership):
             try:
                 renewed = await anyio.to_thread.run_sync(self._extend, abandon_on_cancel=True)
             except Exception as exc:  # the lease holds until the deadline: try again
-                log.warning("cannot renew the lease: %s", _first_line(exc))
+                log.warning("cannot renew the lease: %s", first_line(exc))
                 self._drop_session()  # the next try connects again
                 return
             if renewed:
@@ -306,10 +306,6 @@ class PostgresLeadership(Leadership):
                 )
         self.term = 0
         self._drop_session()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
 def leadership_for(store: Store, database: str | None, **options: Any) -> Leadership:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,7 +29,7 @@ from mlsm.controller.running import Controller, Settings
 from mlsm.controller.sources import SourceError, open_source
 from mlsm.errors import UserError
 from mlsm.store import Node, Store, Token
-from mlsm.store.tokens import token_digest
+from mlsm.store.tokens import issue_token
 from mlsm.tls import check_server_files, client_context
 
 __all__ = ["app", "entry", "main"]
@@ -121,12 +120,15 @@ def run(
     allow_mass_prune: Annotated[
         bool,
         typer.Option(
-            "--allow-mass-prune", help="Apply commits that would prune all or most objects."
+            "--allow-mass-prune",
+            envvar="MLSM_ALLOW_MASS_PRUNE",
+            help="Apply commits that would prune all or most objects.",
         ),
     ] = False,
     max_prune_share: Annotated[
         float,
         typer.Option(
+            envvar="MLSM_MAX_PRUNE_SHARE",
             min=0.0,
             max=1.0,
             help="A commit pruning more than this share of 10 or more objects is held.",
@@ -136,12 +138,17 @@ def run(
         bool,
         typer.Option(
             " /--no-migrate",
+            envvar="MLSM_MIGRATE",
             help="--no-migrate: refuse to start on an outdated database instead of migrating it.",
         ),
     ] = True,
     watch: Annotated[
         bool,
-        typer.Option(" /--no-watch", help="--no-watch: do not watch a local source for changes."),
+        typer.Option(
+            " /--no-watch",
+            envvar="MLSM_WATCH",
+            help="--no-watch: do not watch a local source for changes.",
+        ),
     ] = True,
     node_grace: Annotated[
         float,
@@ -325,12 +332,11 @@ def join_command(
         client_context(ca_file)  # a PEM that verifies, or one line saying why not
     store = Store.open(database_url)
     store.check_migrated()
-    secret = f"mlsm_{secrets.token_urlsafe(32)}"
     with store.write() as session:
         merged = session.scalars(
             select(Node).where(Node.name == node, Node.deleted_at.is_(None), Node.generation > 0)
         ).first()
-        session.add(Token(role="node", node=node, digest=token_digest(secret), prefix=secret[:12]))
+        secret = issue_token(session, "node", node)
     script = join_script(
         node, secret, urls, storage_root=storage_root, ca_pem=ca_pem, package=package
     )
@@ -373,7 +379,7 @@ def restore_command(
 
 
 @tokens.command("issue")
-def issue_token(
+def issue_command(
     role: Annotated[
         str,
         typer.Option(
@@ -388,11 +394,10 @@ def issue_token(
         raise UserError(f"--role must be admin, read or node, got '{role}'")
     if (role == "node") != (node is not None):
         raise UserError("a node token needs --node NAME, and only a node token takes one")
-    secret = f"mlsm_{secrets.token_urlsafe(32)}"
     store = Store.open(database_url)
     store.check_migrated()
     with store.write() as session:
-        session.add(Token(role=role, node=node, digest=token_digest(secret), prefix=secret[:12]))
+        secret = issue_token(session, role, node)
     typer.echo(secret)
     typer.echo(f"{role} token {secret[:12]}… issued; it is not shown again", err=True)
 

@@ -30,6 +30,7 @@ import anyio
 import anyio.from_thread
 
 from mlsm.backoff import Backoff
+from mlsm.errors import first_line
 from mlsm.store import Store
 
 __all__ = ["Bus", "PostgresBus", "bus_for"]
@@ -100,7 +101,7 @@ class PostgresBus(Bus):
                     backoff.reset()
                 except psycopg.Error as exc:
                     said = ", ".join(sorted(topics))
-                    log.warning("cannot tell the other controllers (%s): %s", said, _line(exc))
+                    log.warning("cannot tell the other controllers (%s): %s", said, first_line(exc))
                     self._pending |= topics
                     self._kick.set()
                     connection = None
@@ -145,14 +146,10 @@ class PostgresBus(Bus):
             except psycopg.Error as exc:
                 if self._stopping.is_set():
                     return
-                log.warning("lost the channel to the other controllers: %s; again", _line(exc))
+                log.warning("lost the channel to the other controllers: %s; again", first_line(exc))
                 self._stopping.wait(backoff.next())
             except anyio.RunFinishedError:
                 return
-
-
-def _line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
 def bus_for(store: Store, identity: str) -> Bus:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,11 +14,19 @@ from sqlalchemy.orm import Session
 from mlsm.store.database import Store
 from mlsm.store.models import Token
 
-__all__ = ["live_token", "token_digest", "token_role"]
+__all__ = ["issue_token", "live_token", "token_digest", "token_role"]
 
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(session: Session, role: str, node: str | None = None) -> str:
+    """A new token's secret, to show once; its digest and prefix are added to the
+    session (stored when it commits)."""
+    secret = f"mlsm_{secrets.token_urlsafe(32)}"
+    session.add(Token(role=role, node=node, digest=token_digest(secret), prefix=secret[:12]))
+    return secret
 
 
 def live_token(session: Session, token: str) -> Token | None:

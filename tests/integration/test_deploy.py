@@ -1,24 +1,31 @@
 """deploy/: the systemd units pass `systemd-analyze verify` (and its security
-review), and `mlsm-controller join NODE` prints a script whose settings the agent
-accepts, whose token the controller knows, and whose unit is deploy's."""
+review); the compose file passes `podman-compose config`, and its .env.example holds
+every setting of the controller; `mlsm-controller join NODE` prints a script whose
+settings the agent accepts, whose token the controller knows, and whose unit is
+deploy's. (The images are built and run in test_images.py.)"""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+import typer.main
+import yaml
 
 from mlsm.agent.settings import load_settings
+from mlsm.controller.main import app as controller_app
 from mlsm.store import Store, Token
 from mlsm.store.tokens import token_digest
 from tests.integration.conftest import controller_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
+COMPOSE = ROOT / "deploy" / "compose"
 BIN = Path(sys.executable).parent
 
 
@@ -83,3 +90,48 @@ def test_join_prints_what_a_new_server_runs(tmp_path: Path) -> None:
     assert unit.group(1) == (UNITS / "mlsm-agent.service").read_text()
     assert "${MLSM_PACKAGE:?set MLSM_PACKAGE to where your lab installs mlsm from" in script
     assert "systemctl daemon-reload && systemctl enable --now mlsm-agent" in script
+
+
+def compose_config(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "podman-compose"), "config"], cwd=project,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_the_compose_file_is_valid_and_runs_what_production_needs(tmp_path: Path) -> None:
+    """As a lab uses it: deploy/compose copied with its .env filled in."""
+    project = tmp_path / "deploy" / "compose"
+    shutil.copytree(COMPOSE, project)
+    shutil.copy2(ROOT / "deploy" / "Dockerfile", tmp_path / "deploy" / "Dockerfile")
+    env = (project / ".env.example").read_text()
+    (project / ".env").write_text(env)
+    missing = compose_config(project)
+    assert missing.returncode != 0
+    assert "POSTGRES_PASSWORD is missing a value: set POSTGRES_PASSWORD in .env" in missing.stderr
+
+    env = env.replace("\nPOSTGRES_PASSWORD=\n", "\nPOSTGRES_PASSWORD=s3cret\n")
+    (project / ".env").write_text(env.replace("\nMLSM_REPO=\n", "\nMLSM_REPO=/m.git\n"))
+    done = compose_config(project)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    postgres, controller = config["services"]["postgres"], config["services"]["controller"]
+    assert "postgres" in config["volumes"]  # named: the data outlives the container
+    assert postgres["volumes"] == ["postgres:/var/lib/postgresql/data"]
+    assert controller["environment"]["MLSM_DATABASE_URL"] == (
+        "postgresql://mlsm:s3cret@postgres:5432/mlsm"
+    )
+    assert controller["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for service in (postgres, controller):
+        assert service["restart"] == "unless-stopped"
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+    build = controller["build"]
+    assert (Path(build["context"]) / build["dockerfile"]).is_file()
+    assert build["target"] == "controller"
+
+
+def test_the_env_example_holds_every_setting_of_the_controller() -> None:
+    command = typer.main.get_command(controller_app).commands["run"]  # type: ignore[attr-defined]
+    names = {p.envvar for p in command.params if p.name not in ("version",)}
+    assert None not in names, [p.name for p in command.params if p.envvar is None]
+    listed = set(re.findall(r"^#? ?(MLSM_[A-Z_]+)=", (COMPOSE / ".env.example").read_text(),
+                            re.MULTILINE))  # fmt: skip
+    assert names <= listed, sorted(names - listed)
