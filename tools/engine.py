@@ -233,7 +233,7 @@ def mirror() -> str:
 
 
 def python_tag(dists: list[metadata.Distribution]) -> str:
-    made_of = ["bookworm", "minbase", PYTHON_DEBS, PYTHON_SITE, TRAINER_PACKAGES]
+    made_of = ["bookworm", "minbase", PYTHON_DEBS, PYTHON_SITE, TRAINER_PACKAGES, "bytecode"]
     made_of.append([(d.metadata["Name"], d.version) for d in dists])
     return f"localhost/mlsm-test/python:{recipe(made_of)}"
 
@@ -297,8 +297,10 @@ def python_image() -> str:
         for dist in dists:
             for file in dist.files or []:
                 source = Path(str(dist.locate_file(file)))
-                if ".." in file.parts or not source.is_file() or "__pycache__" in file.parts:
-                    continue  # scripts outside site-packages, and bytecode
+                if ".." in file.parts or not source.is_file():
+                    continue  # scripts outside site-packages
+                # Bytecode too (same mtimes, so still valid): without it, each run
+                # compiles torch and transformers again, some 12 s on these cores.
                 target = site / file
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, target)

@@ -32,7 +32,7 @@ LIVE_JOB = """
           metrics = open(os.environ["MLSM_METRICS_FILE"], "a")
           for i in range(2000):
               print(f"line {i}", flush=True)
-              if i == 3:
+              if i % 50 == 3:  # always in the page's tail of 200 lines
                   print("<script>alert(1)</script>", flush=True)
               if i % 8 == 0:
                   point = {"epoch": i // 8 + 1, "split": "train", "name": "loss",

@@ -154,7 +154,7 @@ def files(draw: st.DrawFn) -> bytes:
     return ("\n".join(parts) + draw(st.sampled_from(["\n", "", "\n\n"]))).encode()
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files())
 @example(b"a: 1\n---\n---\nb: 2\n")
 @example(b"# c\n---\n  a: 1\n")
