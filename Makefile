@@ -71,21 +71,26 @@ format: $(STAMP)
 
 ENGINE_ENV = set -a && . .mlsm/engine.env && set +a
 
-# The suite on two workers: most integration tests wait on real processes, and one
-# worker leaves a core idle. mlsm's bytecode is compiled first: the tests start some
-# hundreds of processes, and where PYTHONDONTWRITEBYTECODE is set each would compile
-# mlsm again.
+# The suite on three workers: most integration tests wait on real processes, and one
+# worker left a core idle. Slowest first (tests/conftest.py). mlsm's bytecode is
+# compiled first: the tests start some hundreds of processes, and where
+# PYTHONDONTWRITEBYTECODE is set each would compile mlsm again.
 PYTEST = env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m compileall -q mlsm \
-	&& $(ENGINE_ENV) && $(BIN)/python -m pytest -q -n 2 --dist worksteal
+	&& $(ENGINE_ENV) && $(BIN)/python -m pytest -q -n 3 --dist load
 
 unit: $(STAMP) system engine
 	$(PYTEST)
 
-# The Debian packages install while pip does, and the engine starts while lint runs.
+# The Debian packages install while pip does; then lint runs beside the suite (the
+# cores have room for it), its output kept in .mlsm/lint.log and shown after the
+# suite's. Either failing fails make test.
 test:
-	@$(MAKE) --no-print-directory --jobs=3 --output-sync=target engine lint system
+	@$(MAKE) --no-print-directory --jobs=3 --output-sync=target install engine system
 	$(BIN)/mlsmctl validate manifests/
-	$(PYTEST)
+	@$(MAKE) --no-print-directory lint >.mlsm/lint.log 2>&1 & lint=$$!; \
+	  $(PYTEST); tests=$$?; wait $$lint; linted=$$?; \
+	  echo "make lint (beside the suite):"; cat .mlsm/lint.log; \
+	  test $$tests = 0 && test $$linted = 0
 
 bench: $(STAMP) system engine
 	$(BIN)/python bench/validate_manifests.py

@@ -18,6 +18,30 @@ from tests import postgres
 os.environ.setdefault("MLSM_CACHE_DIR", tempfile.mkdtemp(prefix="mlsm-test-cache-"))
 
 
+# The longest first: pytest-xdist hands tests out in collection order, so the long
+# integration tests then run side by side from the start, and the many quick unit
+# tests fill the end instead of one worker finishing a two-minute test alone. The
+# tests that wait for `make engine`'s background build of the Python image (some
+# 100 s on a fresh machine) come after the others of their kind.
+LONGEST_FIRST = (
+    "tests/integration/test_multinode.py",
+    "tests/integration/test_up.py",
+    "tests/e2e/",
+    "tests/training/",
+    "tests/integration/",  # the other integration tests, then those that wait:
+    "tests/integration/test_docker_runtime.py",
+    "tests/integration/test_images.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        found = [(len(p), i) for i, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)]
+        return max(found, default=(0, len(LONGEST_FIRST)))[1]  # the narrowest prefix
+
+    items.sort(key=rank)  # stable: a module's tests stay together and in order
+
+
 @pytest.fixture(scope="session")
 def engine() -> engines.Engine:
     """The real container engine (`make engine`); the test fails without one."""

@@ -52,14 +52,16 @@ def job(name: str, code: str, *, gpus: int = 1, extra: str = "", venv: str = "")
     """
 
 
-# A job that writes what it sees, then does what it was asked.
+# A job that writes what it sees (whole, when it is there), then does what it was asked.
 REPORT_ENV = (
     "import json, os, sys; "
     "keys = ['MLSM_RUN_ID', 'MLSM_OUTPUT_DIR', 'MLSM_METRICS_FILE', 'CUDA_VISIBLE_DEVICES', "
     "'VIRTUAL_ENV', 'GREETING', 'MLSM_DATASET_DIR']; "
-    "out = os.environ['MLSM_OUTPUT_DIR']; "
+    "seen = os.path.join(os.environ['MLSM_OUTPUT_DIR'], 'seen.json'); "
+    "f = open(seen + '.partial', 'w'); "
     "json.dump({'env': {k: os.environ.get(k) for k in keys}, 'cwd': os.getcwd(), "
-    "'pgid': os.getpgid(0), 'pid': os.getpid()}, open(os.path.join(out, 'seen.json'), 'w')); "
+    "'pgid': os.getpgid(0), 'pid': os.getpid()}, f); "
+    "f.close(); os.replace(seen + '.partial', seen); "  # whole when the test sees it
     "print('hello from the job'); "
 )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,8 @@ from tests.integration.conftest import (
     wait_phase,
 )
 from tests.integration.test_agents import cli, get_job
-from tests.integration.test_trainer_jobs import PYTHON
+
+PYTHON = ".".join(map(str, sys.version_info[:2]))
 
 
 def labelled(name: str, labels: str) -> str:

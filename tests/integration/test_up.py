@@ -1,8 +1,10 @@
 """The front door: `mlsmctl up` on a copy of the example manifests (the example
 trainer job made short), as `make run` starts it. It trains the job to completion
-and prints where to look; Ctrl-C stops everything; a second `up` carries on from the
-same state without running the job again. A machine with no Node manifest is
-told what to add."""
+where the digits dataset lies, as `python -m mlsm.training` in its venv, with its
+metrics shipped and shown by the API, `mlsmctl metrics` and `describe`, and prints
+where to look; Ctrl-C stops everything; a second `up` carries on from the same
+state without running the job again. A machine with no Node manifest is told what
+to add. (The trainer under torchrun, one process per GPU, is in test_multinode.py.)"""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 from mlsm.training.demo import write_digits
 from tests.engine import Engine
 from tests.integration.conftest import GitRepo, free_port, wait_for
+from tests.integration.test_agents import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,9 +56,30 @@ def example(tmp_path: Path) -> GitRepo:
     repo = GitRepo(tmp_path / "manifests")
     shutil.copytree(ROOT / "manifests", repo.root, dirs_exist_ok=True)
     job = repo.root / "jobs" / "vit-digits.yaml"
-    job.write_text(job.read_text().replace("epochs: 10", "epochs: 1"))
+    job.write_text(job.read_text().replace("epochs: 10", "epochs: 2"))
     repo.commit("the example manifests, with a short job")
     return repo
+
+
+def trained_and_shown(client: httpx.Client, node: Path) -> None:
+    """The example trainer job's checkpoints, metrics, and what mlsmctl says of them."""
+    [run] = client.get("/api/v1/runs", params={"job": "vit-digits"}).json()["items"]
+    output = node / "jobs" / "vit-digits" / "output"
+    assert run["outputDir"] == str(output)
+    assert (output / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert (output / "checkpoints" / "last").is_dir()
+    records = client.get(f"/api/v1/runs/{run['id']}/metrics").json()["records"]
+    accuracies = [r["value"] for r in records if r["split"] == "val" and r["name"] == "accuracy"]
+    assert len(accuracies) == 2, "one evaluation per epoch"
+    assert max(accuracies) > 0.2, "better than chance (0.1)"
+    table = cli(client, "metrics", "job", "vit-digits").splitlines()
+    assert table[0].split()[0] == "EPOCH"
+    assert "VAL/ACCURACY" in table[0]
+    assert [row.split()[0] for row in table[1:]] == ["1", "2"]
+    page = cli(client, "describe", "job", "vit-digits")
+    assert f"Best:         val accuracy {max(accuracies):.4g}" in page
+    assert f"Checkpoints:  local:{output}/checkpoints (best/, last/)" in page
+    assert "epoch 2/2" in cli(client, "logs", "job", "vit-digits")
 
 
 def listening(port: int) -> bool:
@@ -72,6 +96,7 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
     try:
         wait_for(lambda: "job vit-digits succeeded." in up.output(), timeout=240)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+        trained_and_shown(client, state / "node")
         wait_for(lambda: client.get("/api/v1/jobs/hello-venv").json()["status"]["phase"]
                  == "Succeeded", timeout=60)  # fmt: skip
         # The engine `make engine` serves: the local node offers docker, and the example
@@ -91,7 +116,7 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
     assert code == 0, printed
     for line in ("controller: http://127.0.0.1:", "agent:      node local Ready",
                  "runtimes:   docker, venv", "site:       http://127.0.0.1:",
-                 "job vit-digits: Running", "epoch 1/1", "job vit-digits: Succeeded",
+                 "job vit-digits: Running", "epoch 2/2", "job vit-digits: Succeeded",
                  f"  1. open the site: http://127.0.0.1:{port}/",
                  f"  2. commit a job into {example.root.resolve()}: it starts within a second",
                  "  3. a pull request: copy deploy/manifest-repo/",
