@@ -13,6 +13,12 @@ import pytest
 from tests import engine as engines
 from tests import postgres
 
+# Torch's OpenMP threads wait by sleeping, not spinning: with the suite's workers on two
+# cores, spinning threads of one process burn the cores another needs (a training
+# took 41 CPU-s beside two busy loops, 17 with this). Set before any test imports
+# torch; agents, their venv jobs and the trainer inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # `mlsmctl plan` keeps checked files between runs (mlsm/manifests/caching.py): the
 # suite's go to a folder of its own, never the user's ~/.cache/mlsm.
 os.environ.setdefault("MLSM_CACHE_DIR", tempfile.mkdtemp(prefix="mlsm-test-cache-"))
