@@ -21,7 +21,9 @@ from tests.engine import Engine
 from tests.integration.conftest import GitRepo, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTEXT = ["mlsm", "pyproject.toml", "README.md", "requirements.lock", ".dockerignore"]
+# The build context: what .dockerignore lets through (its "!name" lines), and itself.
+CONTEXT = [line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines()
+           if line.startswith("!") and (ROOT / line[1:]).exists()] + [".dockerignore"]  # fmt: skip
 
 
 def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
