@@ -107,7 +107,7 @@ bench: $(STAMP) system engine
 
 # The main job: an installation on this machine (controller on SQLite + one agent)
 # following the example manifests in a local git repository; it trains the example
-# ViT on the digits (made offline) and keeps running until Ctrl-C.
+# ResNet on the digits (made offline) and keeps running until Ctrl-C.
 DEMO := .mlsm/demo/manifests
 run: $(STAMP)
 	@test -d $(DEMO)/.git || { rm -rf $(DEMO) && mkdir -p $(dir $(DEMO)) && cp -r manifests $(DEMO) \
@@ -116,7 +116,7 @@ run: $(STAMP)
 	  && echo "example manifests: a git repository in $(DEMO) (commit there; the controller follows it)"; }
 	@$(BIN)/python tools/engine.py --for-run
 	$(BIN)/python -m mlsm.training.demo digits .mlsm/up/node/datasets/digits
-	$(BIN)/mlsmctl up --repo $(DEMO) --state-dir .mlsm/up --follow vit-digits
+	$(BIN)/mlsmctl up --repo $(DEMO) --state-dir .mlsm/up --follow resnet-digits
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

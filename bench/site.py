@@ -77,7 +77,7 @@ def pages(kind: str, url: str, jobs: int, lines: int) -> None:
     store.migrate()
     sitedata.populate(store, jobs=jobs)
     with store.write() as session:
-        run = session.scalars(select(Run).join(Job).where(Job.name == "vit-digits")).one()
+        run = session.scalars(select(Run).join(Job).where(Job.name == "resnet-digits")).one()
         sitedata.add_lines(
             session,
             run.id,
@@ -114,7 +114,7 @@ def pages(kind: str, url: str, jobs: int, lines: int) -> None:
                 )
             )
         keyset_ms = (time.perf_counter() - start) / 20 * 1000
-    detail = server_ms(app, "/jobs/vit-digits")
+    detail = server_ms(app, "/jobs/resnet-digits")
     print(
         f"{kind:10s} jobs page ({jobs} jobs): first {first:.1f} ms, last {deep_ms:.1f} ms "
         f"(its query by keyset {keyset_ms:.2f} ms, by OFFSET {offset_ms:.2f} ms: "

@@ -11,7 +11,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Best", "best_score", "column_of", "per_epoch"]
+__all__ = [
+    "Best",
+    "PerClass",
+    "best_score",
+    "checkpoint_folders",
+    "column_of",
+    "per_class",
+    "per_epoch",
+]
 
 
 def column_of(record: dict[str, Any]) -> str | None:
@@ -67,3 +75,65 @@ def best_score(trainer: dict[str, Any], records: list[dict[str, Any]]) -> Best:
         return Best(metric, mode, None, None, 0)
     value, epoch = (min if mode == "min" else max)(scores, key=lambda s: s[0])
     return Best(metric, mode, value, epoch, len(scores))
+
+
+def checkpoint_folders(trainer: dict[str, Any]) -> list[str]:
+    """The folders under checkpoints/ that the trainer's keepCheckpoints keeps."""
+    keep = trainer.get("keepCheckpoints", "best")
+    if keep == "last":
+        return ["last/"]
+    return ["best/", "last/"] + (["epoch-N/"] if keep == "every-epoch" else [])
+
+
+@dataclass(frozen=True)
+class PerClass:
+    """One evaluation's per-class figures (the trainer's `classes` record)."""
+
+    split: str
+    epoch: float | None
+    classes: list[str]
+    precision: list[float]
+    recall: list[float]
+    confusion: list[list[int]] | None
+    """Rows: the true class, columns: the predicted one (None when the record left
+    it out, for many classes)."""
+
+    def weakest(self, count: int = 3) -> list[tuple[str, float]]:
+        """The classes with the lowest recall, lowest first."""
+        ranked = sorted(zip(self.classes, self.recall, strict=True), key=lambda cr: cr[1])
+        return ranked[:count]
+
+    def shares(self) -> list[list[float]]:
+        """Each cell of the confusion matrix as a share of its row (its true class)."""
+        rows = self.confusion or []
+        return [[cell / max(1, sum(row)) for cell in row] for row in rows]
+
+
+def per_class(records: list[dict[str, Any]]) -> dict[str, PerClass]:
+    """The latest per-class figures of each split (val, test) in the records."""
+    found: dict[str, PerClass] = {}
+    for record in records:
+        if record.get("name") != "classes" or not isinstance(record.get("classes"), list):
+            continue
+        classes = [str(c) for c in record["classes"]]
+        precision, recall = record.get("precision"), record.get("recall")
+        if not (isinstance(precision, list) and isinstance(recall, list)):
+            continue
+        if not len(precision) == len(recall) == len(classes):
+            continue
+        confusion = record.get("confusion")
+        valid = (
+            isinstance(confusion, list)
+            and len(confusion) == len(classes)
+            and all(isinstance(row, list) and len(row) == len(classes) for row in confusion)
+        )
+        epoch = record.get("epoch")
+        found[str(record.get("split", ""))] = PerClass(
+            split=str(record.get("split", "")),
+            epoch=float(epoch) if isinstance(epoch, int | float) else None,
+            classes=classes,
+            precision=[float(v) for v in precision],
+            recall=[float(v) for v in recall],
+            confusion=[[int(c) for c in row] for row in confusion or []] if valid else None,
+        )
+    return found

@@ -109,6 +109,11 @@ def add_metrics(session: Any, run_id: str, epochs: int, *, start: int = 0) -> in
             }
             rows.append({"run_id": run_id, "offset": offset, "record": record})
             offset += 80
+    per_class = {"step": epochs * 10, "epoch": epochs, "split": "val", "name": "classes",
+                 "classes": ["cat", XSS], "precision": [0.8889, 0.8182],
+                 "recall": [0.8, 0.9], "confusion": [[8, 2], [1, 9]]}  # fmt: skip
+    rows.append({"run_id": run_id, "offset": offset, "record": per_class})
+    offset += 200
     session.execute(insert(MetricRecord), rows)
     session.get_one(Run, run_id).metrics_offset = offset
     return offset
@@ -191,7 +196,7 @@ def populate(store: Store, *, jobs: int = 0) -> dict[str, Any]:
         )
         running = add_job(
             session,
-            "vit-digits",
+            "resnet-digits",
             phase="Running",
             node="gpu-1",
             trainer=True,
@@ -218,7 +223,7 @@ def populate(store: Store, *, jobs: int = 0) -> dict[str, Any]:
                 created=now - dt.timedelta(seconds=jobs - i),
             )
         for name, reason, message in (
-            ("vit-digits", "Created", f"created {XSS}"),
+            ("resnet-digits", "Created", f"created {XSS}"),
             ("waits", "FailedScheduling", "0/2 nodes available"),
         ):
             session.add(

@@ -108,7 +108,7 @@ class Schema:
     def example(self, path: str, node: dict[str, Any]) -> str:
         """An example value: the schema's own, else one the type makes plain."""
         node = self.resolve(node)
-        options = [self.resolve(o) for o in node.get("anyOf", [])]
+        options = [self.resolve(o) for o in node.get("anyOf", []) + node.get("oneOf", [])]
         for candidate in (node, *options):
             if candidate.get("examples"):
                 return _code(candidate["examples"][0])
@@ -135,7 +135,8 @@ class Schema:
             path = f"{prefix}{name}"
             yield path, child, name in required
             inner = self.resolve(child)
-            for option in inner.get("anyOf", []):  # an optional object: its fields too
+            # an optional object, or a name-or-object (augmentation): the object's fields too
+            for option in inner.get("anyOf", []) + inner.get("oneOf", []):
                 if "properties" in self.resolve(option):
                     inner = self.resolve(option)
             if inner.get("type") == "array" and "properties" in self.resolve(

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from mlsm import scores
 from mlsm.errors import UserError
 from mlsm.schemas.phases import JobPhase
 
@@ -193,9 +194,27 @@ class Installation:
                         f"job {job} {done.lower()}. Look at it with: mlsmctl describe job "
                         f"{job}; mlsmctl metrics job {job}; mlsmctl logs job {job}."
                     )
+                    summary = self._scores(job, run) if run else ""
+                    if summary:
+                        self.say(summary)
                     for step in self._next_steps():
                         self.say(step)
             time.sleep(0.5)
+
+    def _scores(self, job: str, run: str) -> str:
+        """The followed trainer job's result in a line: its best validation score and
+        its test scores."""
+        spec = ((self._get(f"/api/v1/jobs/{job}") or {}).get("spec") or {}).get("trainer")
+        if not isinstance(spec, dict):
+            return ""
+        records = (self._get(f"/api/v1/runs/{run}/metrics") or {}).get("records", [])
+        best = scores.best_score(spec, records)
+        if best.value is None:
+            return f"  no val {best.metric} was recorded"
+        tested = {r.get("name"): r.get("value") for r in records if r.get("split") == "test"}
+        test = f"; test {best.metric} {tested[best.metric]:.4f}" if best.metric in tested else ""
+        epoch = f" at epoch {best.epoch:g}" if best.epoch is not None else ""
+        return f"  best val {best.metric} {best.value:.4f}{epoch}{test}"
 
     def _next_steps(self) -> list[str]:
         repo = self.settings.repo.resolve()

@@ -274,6 +274,10 @@ def trainer_summary(
                      f"({best.mode}imum of {best.evaluations} evaluations)")  # fmt: skip
     else:
         lines.append(f"Best:         no val {best.metric} yet")
+    for split, figures in scores.per_class(records).items():
+        weakest = ", ".join(f"{name} {_number(value)}" for name, value in figures.weakest())
+        lines.append(f"Weakest:      {split} recall {weakest}")
     if run.get("outputDir"):
-        lines.append(f"Checkpoints:  {run['node']}:{run['outputDir']}/checkpoints (best/, last/)")
+        folders = ", ".join(scores.checkpoint_folders(trainer))
+        lines.append(f"Checkpoints:  {run['node']}:{run['outputDir']}/checkpoints ({folders})")
     return lines

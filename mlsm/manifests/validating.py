@@ -249,7 +249,7 @@ def _translate(
     name: str | None,
     locator: Locator,
 ) -> Problem:
-    loc = list(error["loc"])
+    loc = [step for step in error["loc"] if not schemas.is_union_tag(step)]
     on_key = False
     if loc and loc[-1] == "[key]":  # a dict key failed validation: point at the key
         loc.pop()
@@ -386,11 +386,17 @@ def _unwrap(annotation: Any) -> Any:
             annotation = typing.get_args(annotation)[0]
         elif origin in (typing.Union, types.UnionType):
             options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if len(options) > 1:  # a name or a mapping (augmentation): the mapping's model
+                options = [arg for arg in options if _is_model(_unwrap(arg))]
             if len(options) != 1:
                 return annotation
             annotation = options[0]
         else:
             return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:

@@ -3,31 +3,39 @@
 Imports pydantic and nothing else of mlsm's I/O: every component shares them.
 """
 
-from mlsm.schemas.base import API_VERSION, ObjectMeta, SpecModel
+from mlsm.schemas.base import API_VERSION, ObjectMeta, SpecModel, is_union_tag, union_tag
 from mlsm.schemas.datasets import Dataset, DatasetLocation, DatasetSpec
 from mlsm.schemas.jobs import (
-    BUILTIN_MODELS,
     DockerRuntime,
     JobResources,
     JobRuntime,
-    Monitor,
     Toleration,
-    TrainerConfig,
     TrainingJob,
     TrainingJobSpec,
     VenvRuntime,
 )
 from mlsm.schemas.kinds import KINDS, Manifest, json_schema
 from mlsm.schemas.nodes import Node, NodeCapacity, NodeSpec, Taint
+from mlsm.schemas.training import (
+    AUGMENTATION_PRESETS,
+    BUILTIN_MODELS,
+    Augmentation,
+    EarlyStopping,
+    Monitor,
+    TrainerConfig,
+)
 
 __all__ = [
     "API_VERSION",
+    "AUGMENTATION_PRESETS",
     "BUILTIN_MODELS",
     "KINDS",
+    "Augmentation",
     "Dataset",
     "DatasetLocation",
     "DatasetSpec",
     "DockerRuntime",
+    "EarlyStopping",
     "JobResources",
     "JobRuntime",
     "Manifest",
@@ -43,5 +51,7 @@ __all__ = [
     "TrainingJob",
     "TrainingJobSpec",
     "VenvRuntime",
+    "is_union_tag",
     "json_schema",
+    "union_tag",
 ]

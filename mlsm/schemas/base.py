@@ -9,14 +9,28 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Tag
 from pydantic.alias_generators import to_camel
 
 from mlsm.schemas.fields import Labels, ResourceName
 
-__all__ = ["API_VERSION", "ObjectMeta", "SpecModel"]
+__all__ = ["API_VERSION", "ObjectMeta", "SpecModel", "is_union_tag", "union_tag"]
 
 API_VERSION: Final = "mlsm/v1"
+
+_TAG_MARK = "|"
+
+
+def union_tag(name: str) -> Tag:
+    """The tag of one member of a discriminated union (a field that takes, say, a
+    preset's name or a mapping). Pydantic puts it in an error's location; marked so
+    that the manifest validator drops it and points at the field users wrote."""
+    return Tag(_TAG_MARK + name)
+
+
+def is_union_tag(step: str | int) -> bool:
+    return isinstance(step, str) and step.startswith(_TAG_MARK)
+
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

@@ -8,24 +8,18 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, Field, model_validator
 
 from mlsm.schemas.base import API_VERSION, ObjectMeta, SpecModel
-from mlsm.schemas.datasets import check_storage_path
 from mlsm.schemas.fields import Bytes, Cores, Duration, LabelKey, LabelValue, ResourceName
+from mlsm.schemas.training import TrainerConfig
 
 __all__ = [
-    "BUILTIN_MODELS",
     "DockerRuntime",
     "JobResources",
     "JobRuntime",
-    "Monitor",
     "Toleration",
-    "TrainerConfig",
     "TrainingJob",
     "TrainingJobSpec",
     "VenvRuntime",
 ]
-
-BUILTIN_MODELS = ("vit-tiny", "vit-small", "vit-base")
-"""Model configs the built-in trainer can build and train from scratch ('builtin:vit-tiny')."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_ENV = ("MLSM_", "CUDA_VISIBLE_DEVICES")
@@ -54,16 +48,6 @@ def _check_env_name(value: str) -> str:
     if value.startswith(_RESERVED_ENV):
         raise ValueError(f"'{value}' is set by the agent for every run; choose another name")
     return value
-
-
-def _check_model(value: str) -> str:
-    if value.startswith("builtin:"):
-        name = value.removeprefix("builtin:")
-        if name not in BUILTIN_MODELS:
-            choices = ", ".join(f"builtin:{m}" for m in BUILTIN_MODELS)
-            raise ValueError(f"unknown built-in model '{name}'; choose one of {choices}")
-        return value
-    return check_storage_path(value)
 
 
 class VenvRuntime(SpecModel):
@@ -108,71 +92,6 @@ class JobRuntime(SpecModel):
             which = "both are set" if self.venv else "neither is set"
             raise ValueError(f"set exactly one of 'venv' or 'docker' ({which})")
         return self
-
-
-class Monitor(SpecModel):
-    """Which validation metric picks the best checkpoint."""
-
-    metric: Literal["accuracy", "f1", "loss"] = Field(
-        default="accuracy", description="Validation metric to watch (f1 is macro F1)."
-    )
-    mode: Literal["max", "min"] | None = Field(
-        default=None,
-        description="Whether higher or lower is better. Default: min for loss, max otherwise.",
-    )
-
-    @property
-    def effective_mode(self) -> Literal["max", "min"]:
-        """The mode, with the default filled in from the metric."""
-        if self.mode is not None:
-            return self.mode
-        return "min" if self.metric == "loss" else "max"
-
-
-class TrainerConfig(SpecModel):
-    """The built-in trainer: fine-tunes a Hugging Face image classifier on an ImageFolder."""
-
-    model: Annotated[str, AfterValidator(_check_model)] = Field(
-        description="A Hugging Face model folder under the node's storage root "
-        "('models/vit-base'), or 'builtin:vit-tiny' to train a built-in config from scratch.",
-        examples=["models/vit-tiny", "builtin:vit-tiny"],
-    )
-    epochs: int = Field(
-        examples=[10], default=3, ge=1, le=10_000, description="Passes over the train split."
-    )
-    batch_size: int = Field(
-        examples=[64], default=32, ge=1, le=65_536, description="Samples per step per process."
-    )
-    learning_rate: float = Field(
-        examples=[0.001], default=5e-5, gt=0, le=1, description="Peak learning rate (AdamW)."
-    )
-    weight_decay: float = Field(
-        examples=[0.05], default=0.0, ge=0, le=1, description="AdamW weight decay."
-    )
-    warmup_ratio: float = Field(
-        examples=[0.1],
-        default=0.0,
-        ge=0,
-        lt=1,
-        description="Share of steps spent warming the learning rate up.",
-    )
-    scheduler: Literal["constant", "linear", "cosine"] = Field(
-        default="linear", description="Learning-rate schedule after warm-up."
-    )
-    pretrained: bool = Field(
-        default=True, description="Start from the model's weights; false trains from its config."
-    )
-    freeze_backbone: bool = Field(default=False, description="Train only the classification head.")
-    monitor: Monitor = Field(default_factory=Monitor, description="Best-checkpoint metric.")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        default="auto", description="auto: bf16 on CUDA where supported, off on the CPU."
-    )
-    seed: int = Field(
-        examples=[42], default=0, ge=0, description="Seed for data order, init and augmentation."
-    )
-    num_workers: int = Field(
-        examples=[4], default=2, ge=0, le=64, description="DataLoader worker processes."
-    )
 
 
 class JobResources(SpecModel):

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError
 
 from mlsm.errors import UserError
 from mlsm.manifests.parsing import parse_bytes
-from mlsm.schemas.jobs import TrainerConfig
+from mlsm.schemas.training import TrainerConfig
 
 __all__ = ["RunConfig", "load_config"]
 

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from mlsm.errors import UserError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "decode", "scan_classes"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "decode", "scan_classes", "to_pixels"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -48,6 +48,11 @@ def decode(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
         rgb = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
         array = np.asarray(rgb, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def to_pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images on `device` as floats in [0, 1]."""
+    return images.to(device, non_blocking=True).float() / 255
 
 
 @dataclass

@@ -1,22 +1,20 @@
-"""The training loop: train and evaluate, log metrics, keep the best and the last
-checkpoint, resume, stop cleanly on SIGTERM, and run under torchrun.
+"""The training loop: train and evaluate, log metrics, keep checkpoints, stop early,
+resume, stop cleanly on SIGTERM, and run under torchrun.
 
-Checkpoints (`<output>/checkpoints/{last,best}/`) are `save_pretrained` folders
-(safetensors, label maps in config.json, preprocessor_config.json), so each one
-classifies on its own, plus `trainer_state.pt` (optimizer, scheduler, RNG states,
-position). They are written to a temporary folder and renamed into place, so a kill
-during a save never leaves a broken `last`. A run whose output already holds a
-`last` checkpoint resumes from it: the data order is a function of (seed, epoch),
-so skipping the batches already done continues exactly where it stopped.
+Checkpoints (`<output>/checkpoints/{last,best,epoch-N}/`, `mlsm.training.checkpoints`)
+are written atomically. A run whose output already holds a `last` checkpoint resumes
+from it: the data order is a function of (seed, epoch) and the augmentation of
+(seed, epoch, batch), so skipping the batches already done continues exactly where it
+stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -28,16 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mlsm.training import checkpoints as saving
+from mlsm.training.augmenting import Augmenter
 from mlsm.training.config import RunConfig
-from mlsm.training.data import ImageFolder, scan_classes
-from mlsm.training.models import Preprocessing, load_model, save_preprocessing
+from mlsm.training.data import ImageFolder, scan_classes, to_pixels
+from mlsm.training.evaluating import Evaluation, evaluate
+from mlsm.training.models import forward_options, load_model
 
 __all__ = ["EXIT_TERMINATED", "Result", "evaluate", "train"]
 
 EXIT_TERMINATED = 143
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = saving.STATE_FILE
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Result:
     best_epoch: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     stopped: str = ""
-    """'' when training finished; 'max_steps' or 'SIGTERM' otherwise."""
+    """'' when training finished; 'early_stopping', 'max_steps' or 'SIGTERM' otherwise."""
     samples: int = 0
     """Training samples processed, all processes together."""
     train_seconds: float = 0.0
@@ -84,24 +86,22 @@ class _Metrics:
         self.file = open(path, "a", encoding="utf-8") if path and place.main else None  # noqa: SIM115
 
     def write(self, step: int, epoch: float, split: str, values: dict[str, float]) -> None:
+        self.write_records(step, epoch, split, [{"name": n, "value": v} for n, v in values.items()])
+
+    def write_records(
+        self, step: int, epoch: float, split: str, records: list[dict[str, Any]]
+    ) -> None:
         if self.file is None:
             return
         now = time.time()
-        for name, value in values.items():
-            self.file.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "epoch": round(epoch, 4),
-                        "split": split,
-                        "name": name,
-                        "value": value,
-                        "time": now,
-                    }
-                )
-                + "\n"
-            )
+        for record in records:
+            line = {"step": step, "epoch": round(epoch, 4), "split": split, **record, "time": now}
+            self.file.write(json.dumps(line) + "\n")
         self.file.flush()
+
+    def evaluation(self, step: int, epoch: float, evaluation: Evaluation) -> None:
+        self.write(step, epoch, evaluation.split, evaluation.scores)
+        self.write_records(step, epoch, evaluation.split, [evaluation.record()])
 
     def close(self) -> None:
         if self.file is not None:
@@ -140,46 +140,57 @@ def _precision(config: RunConfig, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def _normalise(images: torch.Tensor, prep: Preprocessing, device: torch.device) -> torch.Tensor:
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
-    return (images.to(device, non_blocking=True).float() / 255 - mean) / std
+def _optimizer(config: RunConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        momentum = 0.9 if config.momentum is None else config.momentum
+        return torch.optim.SGD(
+            parameters,
+            lr=config.learning_rate,
+            momentum=momentum,
+            nesterov=momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-@torch.no_grad()
-def evaluate(
-    model: Any, data: ImageFolder, prep: Preprocessing, device: torch.device, batch_size: int
-) -> dict[str, float]:
-    """Loss, accuracy and macro F1 over a whole split."""
-    model.eval()
-    classes = len(data.classes)
-    confusion = torch.zeros(classes * classes, dtype=torch.long)
-    total_loss, count = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        indices = torch.arange(start, min(start + batch_size, len(data)))
-        if data.cached:
-            images, labels = data.batch(indices)
+def _class_weights(config: RunConfig, data: ImageFolder) -> torch.Tensor | None:
+    """balanced: n / (classes x count of the class), as scikit-learn's."""
+    if config.class_weights != "balanced":
+        return None
+    counts = torch.bincount(data.labels, minlength=len(data.classes)).double()
+    return (counts.sum() / (len(counts) * counts.clamp(min=1))).float()
+
+
+class _Patience:
+    """Early stopping: evaluations since the monitored metric last improved by more
+    than minDelta."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.rule = config.early_stopping
+        self.mode = config.monitor.effective_mode
+        self.best: float | None = None
+        self.stale = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.rule is not None and self.stale >= self.rule.patience
+
+    def update(self, value: float) -> None:
+        delta = self.rule.min_delta if self.rule is not None else 0.0
+        gain = (
+            None if self.best is None else (value - self.best) * (1 if self.mode == "max" else -1)
+        )
+        if gain is None or gain > delta:
+            self.best, self.stale = value, 0
         else:
-            pairs = [data[int(i)] for i in indices]
-            images = torch.stack([p[0] for p in pairs])
-            labels = torch.tensor([p[1] for p in pairs])
-        out = model(pixel_values=_normalise(images, prep, device), labels=labels.to(device))
-        total_loss += float(out.loss) * len(indices)
-        count += len(indices)
-        predicted = out.logits.argmax(-1).cpu()
-        confusion += torch.bincount(labels * classes + predicted, minlength=classes * classes)
-    matrix = confusion.view(classes, classes).double()
-    true_positive = matrix.diag()
-    precision = true_positive / matrix.sum(0).clamp(min=1)
-    recall = true_positive / matrix.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    present = matrix.sum(1) > 0
-    model.train()
-    return {
-        "loss": total_loss / max(count, 1),
-        "accuracy": float(true_positive.sum() / max(count, 1)),
-        "f1": float(f1[present].mean()) if present.any() else 0.0,
-    }
+            self.stale += 1
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "stale": self.stale}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.best, self.stale = state["best"], state["stale"]
 
 
 class _Stop:
@@ -194,21 +205,6 @@ class _Stop:
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def _save(folder: Path, model: Any, prep: Preprocessing, state: dict[str, Any]) -> None:
-    """Write a checkpoint folder atomically (temporary folder, then renames)."""
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary, safe_serialization=True)
-    save_preprocessing(temporary, prep)
-    torch.save(state, temporary / STATE_FILE)
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    temporary.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -266,8 +262,12 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
     # A resumed run loads its weights from the checkpoint folder (from_pretrained maps
     # the saved names onto the model's, which a raw state dict would not).
     model, prep = load_model(
-        str(last) if resuming else config.model, classes, pretrained=resuming or config.pretrained
+        str(last) if resuming else config.model,
+        classes,
+        pretrained=resuming or config.pretrained,
+        image_size=config.image_size,
     )
+    options = forward_options(model, prep)
     train_set = ImageFolder(root, "train", classes, prep.size, config.cache_bytes)
     val_set = ImageFolder(root, "val", classes, prep.size, config.cache_bytes)
     _ = train_set.cache  # decode the train split now; val waits for the first evaluation
@@ -275,18 +275,21 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith("classifier")
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = _optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    weights = _class_weights(config, train_set)
+    weights = weights.to(device) if weights is not None else None
+    ops = config.augmentation_ops
+    augmenter = Augmenter(ops, seed=config.seed, rank=place.rank) if ops.enabled else None
     sampler: DistributedSampler[Any] = DistributedSampler(
         train_set, num_replicas=place.world, rank=place.rank, shuffle=True, seed=config.seed
     )
-    steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
+    accumulate = config.gradient_accumulation
+    batches_per_epoch = math.ceil(len(sampler) / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total))
     mode = config.monitor.effective_mode
+    patience = _Patience(config)
     result = Result()
     epoch, skip, step = 0, 0, 0
     if resuming:
@@ -295,10 +298,11 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
         scheduler.load_state_dict(state["scheduler"])
         epoch, skip, step = state["epoch"], state["step_in_epoch"], state["step"]
         result.best, result.best_epoch = state["best"], state["best_epoch"]
+        patience.load(state.get("patience"))
         _restore_rng(
             state["rng"][place.rank] if place.rank < len(state["rng"]) else state["rng"][0]
         )
-        say(f"resuming from {last}: epoch {epoch + 1}, step {skip} of {steps_per_epoch}")
+        say(f"resuming from {last}: epoch {epoch + 1}, batch {skip} of {batches_per_epoch}")
     precision = _precision(config, device)
     scaler = torch.amp.GradScaler("cuda") if precision is torch.float16 else None
     wrapped = model
@@ -308,10 +312,20 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
         )
     metrics = _Metrics(place)
     stop = _Stop()
+    per_step = f"batch {config.batch_size} x {place.world} process(es)" + (
+        f" x {accumulate} accumulated" if accumulate > 1 else ""
+    )
+    if augmenter is None:
+        augmented = ""
+    elif isinstance(config.augmentation, str):
+        augmented = f", augmentation {config.augmentation}"
+    else:
+        augmented = ", augmentation (explicit ops)"
     say(
-        f"training {config.model} on {len(train_set)} images ({len(classes)} classes), "
-        f"{config.epochs} epochs of {steps_per_epoch} steps, batch {config.batch_size} x "
-        f"{place.world} process(es), on {device}{f' ({precision})' if precision else ''}"
+        f"training {config.model} on {len(train_set)} images ({len(classes)} classes, "
+        f"{prep.size[0]}x{prep.size[1]} px), {config.epochs} epochs of {steps_per_epoch} "
+        f"steps, {per_step}, {config.optimizer}, on {device}"
+        f"{f' ({precision})' if precision else ''}{augmented}"
     )
 
     def state_now(epoch: int, in_epoch: int) -> dict[str, Any]:
@@ -329,18 +343,21 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
             "rng": rng,
             "best": result.best,
             "best_epoch": result.best_epoch,
+            "patience": patience.state(),
             "config": config.model_dump(mode="json"),
         }
 
-    def checkpoint(folder: Path, epoch: int, in_epoch: int) -> None:
+    def checkpoint(
+        folder: Path, epoch: int, in_epoch: int, files: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         state = state_now(epoch, in_epoch)  # (a collective under torchrun: every rank)
         if place.main:
-            _save(folder, model, prep, state)
+            saving.save(folder, model, prep, state, files)
 
     wrapped.train()
     started, samples_seen = time.perf_counter(), 0
     try:
-        while epoch < config.epochs:
+        while epoch < config.epochs and not patience.exhausted:
             sampler.set_epoch(epoch)
             order = torch.tensor(list(sampler), dtype=torch.long)
             batches = order.split(config.batch_size)
@@ -360,27 +377,48 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                     images, labels = next(loader)
                 else:
                     images, labels = train_set.batch(batches[in_epoch])
-                pixels = _normalise(images, prep, device)
-                with torch.autocast(
-                    device.type, dtype=precision or torch.float32, enabled=precision is not None
-                ):
-                    loss = wrapped(pixel_values=pixels, labels=labels.to(device)).loss
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
+                pixels = to_pixels(images, device)
+                if augmenter is not None:
+                    pixels = augmenter(pixels, epoch, in_epoch)
+                pixels = prep.normalise(pixels)
+                # gradients of `group` batches are summed (mean over the group), and
+                # synchronised between processes on its last batch only
+                first = in_epoch - in_epoch % accumulate
+                group = min(accumulate, len(batches) - first)
+                stepping = in_epoch + 1 == first + group
+                syncing = stepping or place.world == 1
+                with contextlib.nullcontext() if syncing else wrapped.no_sync():
+                    with torch.autocast(
+                        device.type,
+                        dtype=precision or torch.float32,
+                        enabled=precision is not None,
+                    ):
+                        logits = wrapped(pixel_values=pixels, **options).logits
+                    loss = F.cross_entropy(
+                        logits.float(),
+                        labels.to(device),
+                        weight=weights,
+                        label_smoothing=config.label_smoothing,
+                    )
+                    scaled = loss / group
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 samples_seen += len(labels) * place.world
                 now = time.perf_counter()
                 result.train_seconds += now - step_started
                 result.samples = samples_seen
+                if not stepping:
+                    continue
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
                 if result.first_step_at is None:
-                    result.first_step_at = now
+                    result.first_step_at = time.perf_counter()
+                in_epoch_step = in_epoch // accumulate + 1
                 if step % config.log_every == 0 or in_epoch + 1 == len(batches):
                     reported = loss.detach().float()
                     if place.world > 1:  # every rank logs at the same steps: the mean
@@ -388,7 +426,8 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                         reported /= place.world
                     elapsed = time.perf_counter() - started
                     rate = samples_seen / max(elapsed, 1e-9)
-                    left = (total - step) * config.batch_size * place.world / max(rate, 1e-9)
+                    per_sample = config.batch_size * accumulate * place.world
+                    left = (total - step) * per_sample / max(rate, 1e-9)
                     metrics.write(
                         step,
                         epoch + (in_epoch + 1) / len(batches),
@@ -396,9 +435,9 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                         {"loss": float(reported), "lr": float(scheduler.get_last_lr()[0])},
                     )
                     say(
-                        f"epoch {epoch + 1}/{config.epochs} step {in_epoch + 1}/{len(batches)} "
-                        f"loss {float(reported):.4f} | {rate:.0f} samples/s | "
-                        f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
+                        f"epoch {epoch + 1}/{config.epochs} step {in_epoch_step}/"
+                        f"{steps_per_epoch} loss {float(reported):.4f} | {rate:.0f} samples/s"
+                        f" | ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
                     )
                 if stop.requested or (config.max_steps is not None and step >= config.max_steps):
                     result.stopped = "SIGTERM" if stop.requested else "max_steps"
@@ -406,7 +445,7 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                     if stop.requested:
                         say(
                             f"SIGTERM: saved a checkpoint at epoch {epoch + 1}, step "
-                            f"{in_epoch + 1} to {last}; a rerun resumes from it"
+                            f"{in_epoch_step} to {last}; a rerun resumes from it"
                         )
                     else:
                         say(f"stopped after {step} steps (max_steps); checkpoint in {last}")
@@ -414,42 +453,66 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                     return result
             skip = 0
             epoch += 1
+            files: dict[str, dict[str, Any]] = {}
+            better = False
             if place.main:
-                scores = evaluate(model, val_set, prep, device, config.batch_size * 2)
-                metrics.write(step, epoch, "val", scores)
+                evaluation = evaluate(model, val_set, prep, device, config.batch_size * 2, options)
+                metrics.evaluation(step, epoch, evaluation)
+                scores = evaluation.scores
                 value = scores[config.monitor.metric]
                 better = result.best is None or (
                     value > result.best if mode == "max" else value < result.best
                 )
                 if better:
                     result.best, result.best_epoch = value, epoch
+                patience.update(value)
                 result.metrics = scores
+                files[saving.EVALUATION_FILE] = {
+                    "epoch": epoch,
+                    "step": step,
+                    "val": evaluation.to_dict(),
+                }
                 say(
                     f"epoch {epoch}/{config.epochs}: val loss {scores['loss']:.4f} accuracy "
                     f"{scores['accuracy']:.4f} f1 {scores['f1']:.4f}"
                     f"{' (best)' if better else ''}"
                 )
-            else:
-                better = False
             if place.world > 1:
-                flags = [better]
+                flags: list[Any] = [better, patience.state()]
                 dist.broadcast_object_list(flags, src=0)
                 better = bool(flags[0])
-            if better:
-                checkpoint(checkpoints / "best", epoch, 0)
-            checkpoint(last, epoch, 0)
+                patience.load(flags[1])
+            if better and config.keep_checkpoints != "last":
+                checkpoint(checkpoints / "best", epoch, 0, files)
+            if config.keep_checkpoints == "every-epoch":
+                checkpoint(checkpoints / f"epoch-{epoch}", epoch, 0, files)
+            checkpoint(last, epoch, 0, files)
+            if patience.exhausted and epoch < config.epochs:
+                assert config.early_stopping is not None
+                result.stopped = "early_stopping"
+                say(
+                    f"early stopping: val {config.monitor.metric} has not improved by more "
+                    f"than {config.early_stopping.min_delta:g} for "
+                    f"{config.early_stopping.patience} epoch(s); stopped after epoch "
+                    f"{epoch} of {config.epochs}"
+                )
         result.steps, result.epochs_done = step, epoch
         if place.main and (root / "test").is_dir():
             test_set = ImageFolder(root, "test", classes, prep.size, config.cache_bytes)
-            scores = evaluate(model, test_set, prep, device, config.batch_size * 2)
-            metrics.write(step, epoch, "test", scores)
+            evaluation = evaluate(model, test_set, prep, device, config.batch_size * 2, options)
+            metrics.evaluation(step, epoch, evaluation)
+            scores = evaluation.scores
+            _add_test(last, evaluation)
+            if result.best_epoch == epoch and config.keep_checkpoints != "last":
+                _add_test(checkpoints / "best", evaluation)
             say(
                 f"test: loss {scores['loss']:.4f} accuracy {scores['accuracy']:.4f} "
                 f"f1 {scores['f1']:.4f}"
             )
         say(
             f"done: best val {config.monitor.metric} {result.best or 0:.4f} at epoch "
-            f"{result.best_epoch}; checkpoints in {checkpoints}"
+            f"{result.best_epoch}, {result.epochs_done} epochs in {result.train_seconds:.1f} s "
+            f"of training; checkpoints in {checkpoints}"
         )
         return result
     finally:
@@ -458,3 +521,14 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
         if place.world > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _add_test(folder: Path, evaluation: Evaluation) -> None:
+    """The test split's scores, added to a checkpoint's evaluation.json (the model
+    they were measured on: the final one)."""
+    path = folder / saving.EVALUATION_FILE
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    data["test"] = evaluation.to_dict()
+    saving.write_json(path, data)

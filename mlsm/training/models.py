@@ -1,19 +1,31 @@
-"""The model: a Hugging Face image classifier from a local folder, or a built-in ViT
-config trained from scratch; and its input size and normalisation."""
+"""The model: a Hugging Face image classifier from a local folder, or a built-in config
+(a ViT or a ResNet) trained from scratch; and its input size and normalisation."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mlsm.errors import UserError
 
-__all__ = ["BUILTIN", "Preprocessing", "load_model", "preprocessing_of", "save_preprocessing"]
+__all__ = [
+    "BUILTIN",
+    "Preprocessing",
+    "forward_options",
+    "load_model",
+    "preprocessing_of",
+    "save_preprocessing",
+]
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "vit-tiny": {
+        "family": "vit",
         "image_size": 32,
         "patch_size": 8,
         "hidden_size": 64,
@@ -22,6 +34,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "intermediate_size": 128,
     },
     "vit-small": {
+        "family": "vit",
         "image_size": 224,
         "patch_size": 16,
         "hidden_size": 384,
@@ -30,12 +43,32 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "intermediate_size": 1536,
     },
     "vit-base": {
+        "family": "vit",
         "image_size": 224,
         "patch_size": 16,
         "hidden_size": 768,
         "num_hidden_layers": 12,
         "num_attention_heads": 12,
         "intermediate_size": 3072,
+    },
+    # A small residual network: about 80k parameters, reaches 0.98 on the digits at
+    # 32 px in a few CPU-seconds per epoch (a convolution suits small images; a ViT
+    # needs far more data).
+    "resnet-tiny": {
+        "family": "resnet",
+        "image_size": 32,
+        "embedding_size": 16,
+        "hidden_sizes": [16, 32, 64],
+        "depths": [1, 1, 1],
+        "layer_type": "basic",
+    },
+    "resnet-18": {
+        "family": "resnet",
+        "image_size": 224,
+        "embedding_size": 64,
+        "hidden_sizes": [64, 128, 256, 512],
+        "depths": [2, 2, 2, 2],
+        "layer_type": "basic",
     },
 }
 
@@ -47,6 +80,12 @@ class Preprocessing:
     size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Floats in [0, 1] (B, 3, H, W) as the model takes them."""
+        mean = torch.tensor(self.mean, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(1, 3, 1, 1)
+        return (pixels - mean) / std
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,9 +117,12 @@ def preprocessing_of(folder: Path | None, image_size: int) -> Preprocessing:
     return Preprocessing((image_size, image_size), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def load_model(name: str, classes: list[str], *, pretrained: bool) -> tuple[Any, Preprocessing]:
-    """The classifier for `classes` (label maps stored in its config) and its input."""
-    from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig
+def load_model(
+    name: str, classes: list[str], *, pretrained: bool, image_size: int | None = None
+) -> tuple[Any, Preprocessing]:
+    """The classifier for `classes` (label maps stored in its config) and its input
+    (`image_size` pixels square, or the model's own size)."""
+    from transformers import AutoConfig, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # our own lines say what matters; no load reports
@@ -94,19 +136,31 @@ def load_model(name: str, classes: list[str], *, pretrained: bool) -> tuple[Any,
         "label2id": label2id,
     }
     if name.startswith("builtin:"):
-        preset = BUILTIN.get(name.removeprefix("builtin:"))
-        if preset is None:
+        preset = dict(BUILTIN.get(name.removeprefix("builtin:"), {}))
+        if not preset:
             raise UserError(
                 f"unknown built-in model '{name}'; choose builtin:{', builtin:'.join(BUILTIN)}"
             )
-        config = ViTConfig(**preset, **labels)
+        family = preset.pop("family")
+        side = image_size or preset["image_size"]
+        if family == "vit":
+            from transformers import ViTConfig
+
+            config: Any = ViTConfig(**{**preset, "image_size": side}, **labels)
+        else:
+            from transformers import ResNetConfig
+
+            preset.pop("image_size")
+            config = ResNetConfig(
+                num_channels=3, downsample_in_first_stage=False, **preset, **labels
+            )
         model = AutoModelForImageClassification.from_config(config)
-        return model, preprocessing_of(None, preset["image_size"])
+        return model, preprocessing_of(None, side)
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise UserError(
             f"model folder {folder} has no config.json: give a folder saved with "
-            "save_pretrained, or builtin:vit-tiny"
+            "save_pretrained, or builtin:resnet-tiny"
         )
     if pretrained:
         model = AutoModelForImageClassification.from_pretrained(
@@ -115,8 +169,24 @@ def load_model(name: str, classes: list[str], *, pretrained: bool) -> tuple[Any,
     else:
         config = AutoConfig.from_pretrained(folder, **labels)
         model = AutoModelForImageClassification.from_config(config)
-    image_size = int(getattr(model.config, "image_size", 224))
-    return model, preprocessing_of(folder, image_size)
+    prep = preprocessing_of(folder, int(getattr(model.config, "image_size", 224)))
+    if image_size is not None:
+        prep = dataclasses.replace(prep, size=(image_size, image_size))
+    return model, prep
+
+
+def forward_options(model: Any, prep: Preprocessing) -> dict[str, Any]:
+    """Keyword arguments for the model's forward: a ViT given images of another size
+    than its config's interpolates its position embeddings."""
+    size = getattr(model.config, "image_size", None)
+    if size is None or (size, size) == tuple(prep.size):
+        return {}
+    if "interpolate_pos_encoding" not in inspect.signature(model.forward).parameters:
+        raise UserError(
+            f"{type(model).__name__} takes {size}x{size} images only; leave imageSize "
+            "out, or choose a model that takes any size (a ViT or a ResNet)"
+        )
+    return {"interpolate_pos_encoding": True}
 
 
 def save_preprocessing(folder: Path, preprocessing: Preprocessing) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from mlsm.errors import UserError
 from mlsm.training.data import decode
-from mlsm.training.models import preprocessing_of
+from mlsm.training.models import forward_options, preprocessing_of
 
 __all__ = ["predict"]
 
@@ -26,15 +26,15 @@ def predict(model_dir: str, images: list[str], *, top_k: int = 3) -> list[list[t
         )
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
     prep = preprocessing_of(folder, int(getattr(model.config, "image_size", 224)))
+    options = forward_options(model, prep)
     out: list[list[tuple[str, float]]] = []
     for image in images:
         try:
             pixels = decode(image, prep.size).unsqueeze(0).float() / 255
         except OSError as exc:
             raise UserError(f"{image}: cannot read the image: {exc}") from exc
-        mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
-        std = torch.tensor(prep.std).view(1, 3, 1, 1)
-        probabilities = model(pixel_values=(pixels - mean) / std).logits.softmax(-1)[0]
+        logits = model(pixel_values=prep.normalise(pixels), **options).logits
+        probabilities = logits.softmax(-1)[0]
         scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
         labels = model.config.id2label
         out.append([(labels[int(i)], float(s)) for s, i in zip(scores, indices, strict=True)])

@@ -370,6 +370,8 @@ def job_page(
         "metric_columns": columns,
         "epochs": epochs,
         "best": scores.best_score(trainer, records) if trainer is not None else None,
+        "checkpoint_folders": scores.checkpoint_folders(trainer) if trainer is not None else [],
+        "per_class": scores.per_class(records),
         "output": f"{run.node}:{run.output_dir}" if run and run.output_dir else "",
         "events": events[::-1],
         "timeline": timeline(job, runs),

@@ -55,16 +55,16 @@ class Up:
 def example(tmp_path: Path) -> GitRepo:
     repo = GitRepo(tmp_path / "manifests")
     shutil.copytree(ROOT / "manifests", repo.root, dirs_exist_ok=True)
-    job = repo.root / "jobs" / "vit-digits.yaml"
-    job.write_text(job.read_text().replace("epochs: 10", "epochs: 2"))
+    job = repo.root / "jobs" / "resnet-digits.yaml"
+    job.write_text(job.read_text().replace("epochs: 15", "epochs: 2"))
     repo.commit("the example manifests, with a short job")
     return repo
 
 
 def trained_and_shown(client: httpx.Client, node: Path) -> None:
     """The example trainer job's checkpoints, metrics, and what mlsmctl says of them."""
-    [run] = client.get("/api/v1/runs", params={"job": "vit-digits"}).json()["items"]
-    output = node / "jobs" / "vit-digits" / "output"
+    [run] = client.get("/api/v1/runs", params={"job": "resnet-digits"}).json()["items"]
+    output = node / "jobs" / "resnet-digits" / "output"
     assert run["outputDir"] == str(output)
     assert (output / "checkpoints" / "best" / "model.safetensors").is_file()
     assert (output / "checkpoints" / "last").is_dir()
@@ -72,14 +72,16 @@ def trained_and_shown(client: httpx.Client, node: Path) -> None:
     accuracies = [r["value"] for r in records if r["split"] == "val" and r["name"] == "accuracy"]
     assert len(accuracies) == 2, "one evaluation per epoch"
     assert max(accuracies) > 0.2, "better than chance (0.1)"
-    table = cli(client, "metrics", "job", "vit-digits").splitlines()
+    table = cli(client, "metrics", "job", "resnet-digits").splitlines()
     assert table[0].split()[0] == "EPOCH"
     assert "VAL/ACCURACY" in table[0]
     assert [row.split()[0] for row in table[1:]] == ["1", "2"]
-    page = cli(client, "describe", "job", "vit-digits")
+    page = cli(client, "describe", "job", "resnet-digits")
     assert f"Best:         val accuracy {max(accuracies):.4g}" in page
     assert f"Checkpoints:  local:{output}/checkpoints (best/, last/)" in page
-    assert "epoch 2/2" in cli(client, "logs", "job", "vit-digits")
+    assert "Weakest:      val recall " in page
+    assert "Weakest:      test recall " in page
+    assert "epoch 2/2" in cli(client, "logs", "job", "resnet-digits")
 
 
 def listening(port: int) -> bool:
@@ -92,9 +94,9 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
 ) -> None:
     state, port = tmp_path / "state", free_port()
     write_digits(state / "node" / "datasets" / "digits")
-    up = Up(example.root, state, port, "--follow", "vit-digits")
+    up = Up(example.root, state, port, "--follow", "resnet-digits")
     try:
-        wait_for(lambda: "job vit-digits succeeded." in up.output(), timeout=240)
+        wait_for(lambda: "job resnet-digits succeeded." in up.output(), timeout=240)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
         trained_and_shown(client, state / "node")
         wait_for(lambda: client.get("/api/v1/jobs/hello-venv").json()["status"]["phase"]
@@ -116,7 +118,8 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
     assert code == 0, printed
     for line in ("controller: http://127.0.0.1:", "agent:      node local Ready",
                  "runtimes:   docker, venv", "site:       http://127.0.0.1:",
-                 "job vit-digits: Running", "epoch 2/2", "job vit-digits: Succeeded",
+                 "job resnet-digits: Running", "epoch 2/2", "job resnet-digits: Succeeded",
+                 "  best val accuracy 0.", "; test accuracy 0.",
                  f"  1. open the site: http://127.0.0.1:{port}/",
                  f"  2. commit a job into {example.root.resolve()}: it starts within a second",
                  "  3. a pull request: copy deploy/manifest-repo/",
@@ -129,9 +132,9 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
     try:
         wait_for(lambda: "ready." in again.output(), timeout=120)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
-        runs = client.get("/api/v1/runs", params={"job": "vit-digits"}).json()["items"]
+        runs = client.get("/api/v1/runs", params={"job": "resnet-digits"}).json()["items"]
         assert [r["phase"] for r in runs] == ["Succeeded"], "carried on: not run again"
-        assert "job vit-digits: Succeeded" in again.output()
+        assert "job resnet-digits: Succeeded" in again.output()
     finally:
         assert again.stop() == 0
 

@@ -89,5 +89,5 @@ def test_the_readme_s_next_steps_work_as_written(tmp_path: Path) -> None:
     done = subprocess.run(["bash", "-c", plan], cwd=demo, env=env, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr  # the last command, git switch
-    assert "~ TrainingJob/vit-digits  (jobs/vit-digits.yaml:2)  generation 2" in done.stdout
-    assert "    ~ spec.trainer.epochs: 10 -> 20" in done.stdout
+    assert "~ TrainingJob/resnet-digits  (jobs/resnet-digits.yaml:5)  generation 2" in done.stdout
+    assert "    ~ spec.trainer.epochs: 15 -> 30" in done.stdout

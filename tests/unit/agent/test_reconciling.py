@@ -106,7 +106,7 @@ def test_planning_converges_and_never_starts_a_run_twice(
 
 @pytest.mark.parametrize(
     ("name", "safe"),
-    [("0f1e2d3c-aaaa-4bbb-8ccc-123456789abc", True), ("vit-digits", True), ("..", False),
+    [("0f1e2d3c-aaaa-4bbb-8ccc-123456789abc", True), ("resnet-digits", True), ("..", False),
      ("../etc", False), ("a/b", False), ("", False), (None, False), ("a..b", False)],
 )  # fmt: skip
 def test_only_safe_names_become_folders(name: object, safe: bool) -> None:

@@ -201,3 +201,23 @@ def test_a_message_repeats_only_a_short_escaped_excerpt_of_a_value() -> None:
     assert "\x1b" not in problem.message
     [problem] = manifests.load_bytes(b'"root\\e[31m:x"\n', "f").problems
     assert problem.message.endswith("got 'root\\x1b[31m:x'")
+
+
+def test_an_augmentation_error_points_at_the_op_not_at_the_union(
+    write: Callable[[str, str], Path],
+) -> None:
+    text = JOB.format(name="aug", gpus=0).replace(
+        "  command: [python, train.py]\n",
+        "  dataset: digits\n  trainer:\n    model: builtin:resnet-tiny\n"
+        "    augmentation:\n      rotation: 10\n      flip: 0.5\n",
+    )
+    result = manifests.load_paths([write("aug.yaml", text)])
+    [problem] = result.problems
+    assert (problem.line, problem.field) == (13, "spec.trainer.augmentation.flip")
+    assert "unknown field; allowed here: randomResizedCrop, rotation" in problem.message
+    [preset] = manifests.load_paths([write("p.yaml", text.replace(
+        "    augmentation:\n      rotation: 10\n      flip: 0.5\n", "    augmentation: ligth\n"
+    ))]).problems  # fmt: skip
+    assert preset.field == "spec.trainer.augmentation"
+    assert "must be one of 'none', 'light', 'strong', got 'ligth'; did you mean 'light'" in (
+        preset.message)  # fmt: skip

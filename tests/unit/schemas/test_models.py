@@ -192,3 +192,61 @@ def test_owner_is_a_plain_identity(owner: str) -> None:
 @pytest.mark.parametrize("cpu", [1.001, 0.3, 2.675, "1001m"])
 def test_cpu_in_whole_millicores_is_accepted_despite_float_noise(cpu: float | str) -> None:
     assert errors_of(job(resources={"cpu": cpu})) == []
+
+
+def trainer_errors(**trainer: Any) -> list[str]:
+    values = {"model": "builtin:resnet-tiny", **trainer}
+    return errors_of(job(command=None, trainer=values, dataset="d"))
+
+
+def test_trainer_defaults_keep_the_trainer_as_it_was() -> None:
+    parsed = schemas.TrainingJob.model_validate(
+        job(command=None, trainer={"model": "builtin:vit-tiny"}, dataset="d")
+    )
+    trainer = parsed.spec.trainer
+    assert trainer is not None
+    assert (trainer.optimizer, trainer.label_smoothing, trainer.class_weights) == (
+        "adamw", 0.0, "none")  # fmt: skip
+    assert (trainer.gradient_accumulation, trainer.early_stopping) == (1, None)
+    assert (trainer.image_size, trainer.keep_checkpoints) == (None, "best")
+    assert not trainer.augmentation_ops.enabled
+
+
+@pytest.mark.parametrize(
+    ("trainer", "fragment"),
+    [
+        pytest.param({"augmentation": "medium"}, "'none', 'light' or 'strong'", id="preset"),
+        pytest.param({"augmentation": {"flip": 0.5}}, "Extra inputs", id="unknown-op"),
+        pytest.param(
+            {"augmentation": {"randomResizedCrop": {"scale": [0.5, 1.5]}}},
+            "scale must lie in (0, 1]",
+            id="crop-scale",
+        ),
+        pytest.param(
+            {"augmentation": {"randomResizedCrop": {"ratio": [2, 1]}}},
+            "low <= high",
+            id="crop-ratio",
+        ),
+        pytest.param({"augmentation": {"horizontalFlip": 2}}, "less than or equal to 1", id="p"),
+        pytest.param({"augmentation": {"randAugment": {"magnitude": 31}}}, "30", id="magnitude"),
+        pytest.param({"momentum": 0.9}, "momentum applies to optimizer sgd", id="momentum"),
+        pytest.param({"optimizer": "lion"}, "'adamw' or 'sgd'", id="optimizer"),
+        pytest.param({"labelSmoothing": 1.0}, "less than 1", id="smoothing"),
+        pytest.param({"classWeights": "inverse"}, "'none' or 'balanced'", id="weights"),
+        pytest.param({"earlyStopping": {}}, "Field required", id="patience"),
+        pytest.param({"gradientAccumulation": 0}, "greater than or equal to 1", id="accum"),
+        pytest.param({"keepCheckpoints": "all"}, "'every-epoch'", id="keep"),
+        pytest.param({"imageSize": 4}, "greater than or equal to 8", id="size"),
+    ],
+)
+def test_trainer_rules(trainer: dict[str, Any], fragment: str) -> None:
+    errors = trainer_errors(**trainer)
+    assert any(fragment in e for e in errors), errors
+
+
+def test_augmentation_is_a_preset_or_explicit_ops() -> None:
+    assert trainer_errors(augmentation="light") == []
+    assert trainer_errors(augmentation={"rotation": 10, "colorJitter": {"contrast": 0.2}}) == []
+    light = schemas.AUGMENTATION_PRESETS["light"]
+    assert light.random_resized_crop is not None
+    assert light.horizontal_flip == 0.5

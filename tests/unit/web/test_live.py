@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def run_of(store: Store) -> tuple[str, int]:
     with store.read() as session:
-        run = session.query(Run).join(Job).filter(Job.name == "vit-digits").one()
+        run = session.query(Run).join(Job).filter(Job.name == "resnet-digits").one()
         return run.id, run.log_offset
 
 
@@ -80,7 +80,7 @@ def cursor_now(store: Store) -> str:
     """The cursor of a page rendered now."""
     run, _ = run_of(store)
     with store.read() as session:
-        digest, _ = read_state(session, "vit-digits")
+        digest, _ = read_state(session, "resnet-digits")
         ((last, _),) = read_log(session, run, tail=1)
     return str(Cursor(run, last, digest))
 
@@ -95,7 +95,7 @@ async def test_clients_get_each_new_line_once_and_share_one_reader(store: Store)
 
     feeds = Feeds(store, reads=counted, interval=0.05)
     after = cursor_now(store)
-    clients = [Client(feeds.stream("vit-digits", after)) for _ in range(20)]
+    clients = [Client(feeds.stream("resnet-digits", after)) for _ in range(20)]
     async with anyio.create_task_group() as tasks:
         results: list[list[str]] = []
 
@@ -120,14 +120,14 @@ async def test_clients_get_each_new_line_once_and_share_one_reader(store: Store)
 
 async def test_a_client_resumes_from_its_cursor_even_after_a_restart(store: Store) -> None:
     feeds = Feeds(store, reads=_thread, interval=0.05)
-    client = Client(feeds.stream("vit-digits", cursor_now(store)))
+    client = Client(feeds.stream("resnet-digits", cursor_now(store)))
     add(store, ["one", "two"])
     texts, cursor = await client.lines(2)
     assert texts == ["one", "two"]
     await client.stream.aclose()  # type: ignore[attr-defined]
     add(store, ["three", "four", sitedata.XSS])  # written while the browser is away
     restarted = Feeds(store, reads=_thread, interval=0.05)  # a new controller process
-    again = Client(restarted.stream("vit-digits", cursor))
+    again = Client(restarted.stream("resnet-digits", cursor))
     texts, _ = await again.lines(3)
     assert texts == ["three", "four", sitedata.XSS]
     add(store, ["five"])
@@ -137,10 +137,10 @@ async def test_a_client_resumes_from_its_cursor_even_after_a_restart(store: Stor
 
 async def test_a_phase_change_is_announced(store: Store) -> None:
     feeds = Feeds(store, reads=_thread, interval=0.05)
-    client = Client(feeds.stream("vit-digits", cursor_now(store)))
+    client = Client(feeds.stream("resnet-digits", cursor_now(store)))
     await anyio.sleep(0.1)
     with store.write() as session:
-        job = session.query(Job).filter_by(name="vit-digits").one()
+        job = session.query(Job).filter_by(name="resnet-digits").one()
         job.phase = "Succeeded"
     event, cursor, data = await client.next()
     assert event == "changed"

@@ -27,7 +27,7 @@ from tests import postgres, sitedata
 PAGES = [
     "/",
     "/jobs",
-    "/jobs/vit-digits",
+    "/jobs/resnet-digits",
     "/nodes",
     "/nodes/gpu-1",
     "/datasets",
@@ -122,10 +122,10 @@ def test_no_page_has_a_form_that_writes(site: Any) -> None:
 
 @sqlite_only
 def test_everything_from_git_agents_and_jobs_is_escaped(site: Any) -> None:
-    for path in ["/", "/jobs/vit-digits", "/syncs", "/events", "/nodes/gpu-1"]:
+    for path in ["/", "/jobs/resnet-digits", "/syncs", "/events", "/nodes/gpu-1"]:
         text = get(site, path).text
         assert sitedata.XSS not in text, path
-    job = get(site, "/jobs/vit-digits").text
+    job = get(site, "/jobs/resnet-digits").text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in job  # the log line, as text
     assert "<script" not in job.replace('<script src="/static/live.js" defer></script>', "")
 
@@ -176,11 +176,11 @@ def test_jobs_keyset_pages_walk_the_whole_list_both_ways(site: Any) -> None:
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        pytest.param("phase=Running", ["vit-digits"], id="phase"),
-        pytest.param("phase=Failed,Running", ["broke", "vit-digits"], id="phases"),
+        pytest.param("phase=Running", ["resnet-digits"], id="phase"),
+        pytest.param("phase=Failed,Running", ["broke", "resnet-digits"], id="phases"),
         pytest.param("owner=bob", ["waits"], id="owner"),
-        pytest.param("node=gpu-1", ["broke", "vit-digits"], id="node"),
-        pytest.param("label=project%3Ddigits", ["vit-digits"], id="label"),
+        pytest.param("node=gpu-1", ["broke", "resnet-digits"], id="node"),
+        pytest.param("label=project%3Ddigits", ["resnet-digits"], id="label"),
         pytest.param("q=bulk-0011", [f"bulk-0011{i}" for i in range(10)], id="search"),
         pytest.param("q=%25", [], id="search-escapes-like"),
     ],
@@ -208,16 +208,16 @@ def test_bad_list_queries_get_a_400_that_names_them(site: Any, query: str) -> No
 
 
 def test_job_detail(site: Any) -> None:
-    text = get(site, "/jobs/vit-digits").text
+    text = get(site, "/jobs/resnet-digits").text
     for expected in [
         "Timeline",
         "Runs",
         "gpu-1",
         "Ada &lt;ada@lab&gt;",
-        "add vit-digits",
+        "add resnet-digits",
         "kind: TrainingJob",
         "epoch 299 step 2990",
-        "/srv/mlsm/runs/vit-digits/checkpoints/best",
+        "/srv/mlsm/runs/resnet-digits/checkpoints/best",
         "val accuracy 0.8333 at epoch 3",
         'data-metric="loss"',
         'data-metric="accuracy"',
@@ -225,7 +225,13 @@ def test_job_detail(site: Any) -> None:
         assert expected in text, expected
     assert "epoch 0 step 0" not in text  # the tail, not the whole log
     assert text.count('class="point') == 9  # 3 epochs x (train loss, val loss, val accuracy)
-    parts = get(site, "/jobs/vit-digits?parts=1").text
+    # the confusion matrix of the latest val evaluation, shaded by share of its row
+    classes = text[text.index('data-part="classes"') :]
+    assert '<table class="numbers confusion" data-split="val">' in classes
+    assert '<td class="heat-4 diagonal" title="cat predicted as cat: 8">8</td>' in classes
+    assert 'class="heat-1" title="cat predicted as &lt;script&gt;' in classes
+    assert "<td>0.8889</td><td>0.8</td>" in classes  # precision, recall
+    parts = get(site, "/jobs/resnet-digits?parts=1").text
     assert "epoch 299" not in parts
     assert 'data-part="runs"' in parts
 
@@ -241,7 +247,7 @@ def test_unknown_objects_are_404_pages_that_say_where_to_look(site: Any) -> None
 
 def test_node_detail_shows_gpu_bindings_and_datasets(site: Any) -> None:
     text = get(site, "/nodes/gpu-1").text
-    assert 'href="/jobs/vit-digits">vit-digits</a> (run' in text
+    assert 'href="/jobs/resnet-digits">resnet-digits</a> (run' in text
     assert "free" in text
     assert "digits" in text
     assert "1797" in text
