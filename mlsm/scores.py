@@ -1,6 +1,7 @@
-"""A run's metric records read as people read them: one row per epoch, and the best
-value of the monitored metric. Pure functions over the records the trainer (or any
-job) writes to $MLSM_METRICS_FILE, `{"step", "epoch", "split", "name", "value"}`.
+"""A run's metric records read as people read them: one row per epoch, the best
+value of the monitored metric, per-class figures and the run's provenance. Pure
+functions over the records the trainer (or any job) writes to $MLSM_METRICS_FILE,
+`{"step", "epoch", "split", "name", "value"}`.
 
 Used by `mlsmctl describe` (`mlsm.cli.views`) and the job page (`mlsm.web`).
 """
@@ -19,6 +20,8 @@ __all__ = [
     "column_of",
     "per_class",
     "per_epoch",
+    "provenance_facts",
+    "provenance_of",
 ]
 
 
@@ -137,3 +140,61 @@ def per_class(records: list[dict[str, Any]]) -> dict[str, PerClass]:
             confusion=[[int(c) for c in row] for row in confusion or []] if valid else None,
         )
     return found
+
+
+def provenance_of(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's latest provenance record (the one written at the end, once there)."""
+    found = [r for r in records if r.get("name") == "provenance"]
+    return found[-1] if found else None
+
+
+def _short(text: Any, length: int = 12) -> str:
+    text = str(text or "")
+    return text.removeprefix("sha256:")[:length] if text else "-"
+
+
+def provenance_facts(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, said) pairs of a provenance record, for describe and the job's page."""
+    facts: list[tuple[str, str]] = []
+    commit = record.get("commit") or {}
+    if commit.get("sha"):
+        said = f"{_short(commit['sha'])} by {commit.get('author') or '?'}"
+        if commit.get("message"):
+            said += f': "{str(commit["message"]).splitlines()[0]}"'
+        facts.append(("commit", said))
+    if record.get("job"):
+        run = f"run {_short(record.get('run'), 8)} on {record.get('node', '?')}"
+        generation = f"generation {record.get('generation', '?')}"
+        spec = f"spec {_short(record.get('specHash'))}"
+        facts.append(("job", f"{record['job']} {generation}, {spec}, {run}"))
+    dataset = record.get("dataset") or {}
+    if dataset.get("name"):
+        checksum = dataset.get("checksum") or "not measured"
+        facts.append(("dataset", f"{dataset['name']} on {dataset.get('node', '?')}, {checksum}"))
+    environment = record.get("environment") or {}
+    trainer = record.get("trainer") or {}
+    versions = trainer.get("versions") or {}
+    installed = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    installed = f"; {installed}" if installed else ""
+    if environment.get("runtime") == "docker":
+        pinned = environment.get("digest") or environment.get("imageId") or "?"
+        facts.append(("environment", f"image {environment.get('image')} ({pinned}){installed}"))
+    elif environment.get("runtime") == "venv":
+        python = environment.get("python", "?")
+        key = environment.get("requirementsHash", "?")
+        facts.append(("environment", f"venv, Python {python}, requirements {key}{installed}"))
+    elif installed:
+        facts.append(("environment", installed.removeprefix("; ")))
+    device = trainer.get("device") or {}
+    if device:
+        said = f"{device.get('type')}: {device.get('name', '?')}"
+        if device.get("driver"):
+            said += f", driver {device['driver']}"
+        facts.append(("device", said))
+    if "seed" in trainer:
+        facts.append(("seed", str(trainer["seed"])))
+    started = record.get("startedAt") or trainer.get("startedAt")
+    if started:
+        ended = record.get("endedAt")
+        facts.append(("time", f"{started} to {ended}" if ended else f"{started}, running"))
+    return facts

@@ -7,7 +7,8 @@ for a venv job, the mount's target in a container), so both runtimes give a job 
 same contract:
 
     MLSM_RUN_ID, MLSM_JOB, MLSM_RUN_DIR (the working directory), MLSM_OUTPUT_DIR,
-    MLSM_METRICS_FILE, MLSM_DATASET_DIR (with spec.dataset), and spec.env;
+    MLSM_METRICS_FILE, MLSM_PROVENANCE_FILE (`mlsm.agent.provenance`),
+    MLSM_DATASET_DIR (with spec.dataset), and spec.env;
     MLSM_GPUS, MLSM_NODE_RANK, MLSM_NUM_NODES, MLSM_PROCESSES_PER_NODE, and for a
     job on several nodes MLSM_RENDEZVOUS (host:port of node rank 0).
 
@@ -107,6 +108,7 @@ def launch_for(
         MLSM_RUN_DIR=seen[RUN_DIR],
         MLSM_OUTPUT_DIR=seen[OUTPUT_DIR],
         MLSM_METRICS_FILE=_inside(seen[RUN_DIR], folder.metrics.name),
+        MLSM_PROVENANCE_FILE=_inside(seen[RUN_DIR], folder.provenance.name),
     )
     if DATASET_DIR in seen:
         env["MLSM_DATASET_DIR"] = seen[DATASET_DIR]

@@ -72,6 +72,11 @@ class RunFolder:
         return self.path / PROCESS_FILE
 
     @property
+    def provenance(self) -> Path:
+        """MLSM_PROVENANCE_FILE: what made the run (`mlsm.agent.provenance`)."""
+        return self.path / "provenance.json"
+
+    @property
     def trainer_config(self) -> Path:
         """The built-in trainer's config, for trainer jobs."""
         return self.path / "trainer.json"

@@ -38,6 +38,7 @@ from mlsm.agent.datasets import DatasetScanner, ScanResult
 from mlsm.agent.gpus import Gpu, discover_gpus
 from mlsm.agent.inventory import host_inventory
 from mlsm.agent.launching import launch_for, output_dir, runtime_of
+from mlsm.agent.provenance import check_dataset, run_provenance, write_provenance
 from mlsm.agent.reconciling import Outcome
 from mlsm.agent.records import LocalRun, RunFolder, RunRecord
 from mlsm.agent.rendezvous import (
@@ -436,9 +437,20 @@ class Agent:
                 busy_cpus=busy,
                 meeting=meeting,
             )
+            spec = run.assignment.get("spec") or {}
+            scanned = self._scanned.get(str(spec.get("dataset")))
+            check_dataset(spec, scanned)
             prepared = await anyio.to_thread.run_sync(runtime.prepare, launch)
             if run.cancelled:
                 raise StartError("stopped before it started")
+            made = run_provenance(
+                run=run.id,
+                assignment=run.assignment,
+                node=self.settings.node,
+                dataset=scanned,
+                environment=runtime.environment(launch, prepared),
+            )
+            write_provenance(launch.folder, made)
             record = RunRecord(
                 run=run.id,
                 job=run.job,

@@ -17,8 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from mlsm import __version__, manifests, schemas
-from mlsm.cli import diffing, merging, views
+from mlsm import __version__, manifests, schemas, scores
+from mlsm.cli import diffing, merging, reproducing, views
 from mlsm.cli.client import DEFAULT_SERVER, Client
 from mlsm.cli.output import Format, print_problems
 from mlsm.errors import UserError
@@ -450,6 +450,41 @@ def metrics(
         typer.echo(f"run {chosen['id'][:8]} of job {name} has written no metrics yet.", err=True)
         return
     typer.echo(views.metrics_table(records))
+
+
+@app.command()
+def reproduce(
+    kind: Annotated[str, typer.Argument(help="job.", show_default=False)],
+    name: Annotated[str, typer.Argument(show_default=False)],
+    run: RunOption = None,
+    new_name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", show_default=False, help="The new job's name (default: NAME-repro)."
+        ),
+    ] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
+    version: VersionOption = False,
+) -> None:
+    """Print the manifest that reruns a trainer job's run exactly: its spec as that run
+    had it, with the seed, the image digest (or the trainer's package versions) and the
+    dataset's checksum pinned, and the commit it came from. Commit it in a new pull
+    request."""
+    client = Client(server, token, ca_file=ca_file, insecure=insecure)
+    runs = _job_runs("reproduce", kind, name, client)
+    chosen = _run_of(name, runs, run)
+    records = client.read(f"/runs/{chosen['id']}/metrics", {})["records"]
+    made = scores.provenance_of(records)
+    if made is None:
+        raise UserError(
+            f"run {chosen['id'][:8]} of job {name} recorded no provenance: the built-in "
+            "trainer records it when it starts (a command job, or a run that has not "
+            "started its trainer yet, has none)"
+        )
+    typer.echo(reproducing.reproduction(made, name=new_name or f"{name}-repro"), nl=False)
 
 
 @app.command()

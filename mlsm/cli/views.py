@@ -280,4 +280,8 @@ def trainer_summary(
     if run.get("outputDir"):
         folders = ", ".join(scores.checkpoint_folders(trainer))
         lines.append(f"Checkpoints:  {run['node']}:{run['outputDir']}/checkpoints ({folders})")
+    made = scores.provenance_of(records)
+    if made is not None:
+        lines.append("Provenance:   (in each checkpoint's provenance.json)")
+        lines += [f"  {what + ':':13s}{said}" for what, said in scores.provenance_facts(made)]
     return lines

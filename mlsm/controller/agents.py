@@ -256,7 +256,9 @@ class AgentApi:
                 spec = (job.manifest or {}).get("spec", {})
                 entry = {"id": run.id, "job": job.name, "attempt": run.attempt,
                          "gpus": run.gpus, "phase": run.phase, "generation": job.generation,
-                         "spec": spec, "rank": run.rank}  # fmt: skip
+                         "spec": spec, "rank": run.rank, "specHash": job.spec_hash,
+                         "commit": {"sha": job.commit_sha, "author": job.commit_author,
+                                    "message": job.commit_message}}  # fmt: skip
                 if spec.get("nodes", 1) != 1:  # where the ranks meet, once rank 0 said
                     siblings = [r for r in job.runs if r.attempt == run.attempt]
                     entry["nodes"] = len(siblings)

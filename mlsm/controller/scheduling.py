@@ -85,6 +85,11 @@ def _node_view(
         free_cpu=max(cpu, 0.0),
         free_memory=memory,
         datasets=_present(node, checksums),
+        checksums=frozenset(
+            (name, str(found["checksum"]))
+            for name, found in (inventory.get("datasets", {}) or {}).items()
+            if isinstance(found, dict) and found.get("checksum")
+        ),
     )
 
 

@@ -6,12 +6,12 @@ Order: higher priority first; at equal priority the owner with fewer GPUs in use
 goes first (fair share, updated as this pass binds jobs); then submission order.
 A job goes only to a node that is Ready and schedulable, matches its nodeSelector,
 tolerates the node's NoSchedule taints, offers its runtime, holds its dataset (as
-the node's agent reports), and has the GPUs, CPU and memory free; among those, one
-without a PreferNoSchedule taint the job does not tolerate, then the one it fits
-most tightly (fewest GPUs left over), so large jobs keep room. GPUs are
-bound by index and never overcommitted. A job that needs several nodes gets all of
-them or none. A job that cannot run is told why, as Kubernetes does:
-`0/3 nodes available: 2 insufficient GPUs, 1 lacks dataset cats`.
+the node's agent reports; with the checksum `datasetChecksum` pins), and has the
+GPUs, CPU and memory free; among those, one without a PreferNoSchedule taint the job
+does not tolerate, then the one it fits most tightly (fewest GPUs left over), so
+large jobs keep room. GPUs are bound by index and never overcommitted. A job that
+needs several nodes gets all of them or none. A job that cannot run is told why,
+as Kubernetes does: `0/3 nodes available: 2 insufficient GPUs, 1 lacks dataset cats`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class NodeView:
     """Bytes free; None when unknown (not limited)."""
     datasets: frozenset[str] = frozenset()
     """Datasets the node's agent reports present."""
+    checksums: frozenset[tuple[str, str]] = frozenset()
+    """(dataset, checksum) as the node's agent measured them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class PendingJob:
     tolerations: frozenset[tuple[str, str, str]] = frozenset()
     """(key, operator, value) tolerated: operator Exists tolerates every value."""
     dataset: str | None = None
+    dataset_checksum: str | None = None
     nodes: int = 1
 
     @classmethod
@@ -83,6 +86,7 @@ class PendingJob:
             runtime="docker" if s.runtime.docker is not None else "venv",
             tolerations=frozenset((t.key, t.operator, t.value) for t in s.tolerations),
             dataset=s.dataset,
+            dataset_checksum=s.dataset_checksum,
             nodes=s.nodes,
         )
 
@@ -142,6 +146,10 @@ def _refusal(job: PendingJob, node: NodeView, free: _Free) -> str | None:
         return _NEVER[never[0]].format(never[1])
     if job.dataset is not None and job.dataset not in node.datasets:
         return f"lacks dataset {job.dataset}"
+    if job.dataset_checksum is not None and (job.dataset, job.dataset_checksum) not in (
+        node.checksums
+    ):
+        return f"holds another version of dataset {job.dataset} (not {job.dataset_checksum})"
     if len(free.gpus) < job.gpus:
         return "insufficient GPUs"
     if free.cpu + 1e-9 < job.cpu:

@@ -10,7 +10,14 @@ from pydantic import AfterValidator, Field
 from mlsm.schemas.base import API_VERSION, ObjectMeta, SpecModel
 from mlsm.schemas.fields import ResourceName
 
-__all__ = ["Dataset", "DatasetLocation", "DatasetSpec", "StoragePath", "check_storage_path"]
+__all__ = [
+    "Dataset",
+    "DatasetLocation",
+    "DatasetSpec",
+    "StoragePath",
+    "check_checksum",
+    "check_storage_path",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
@@ -40,7 +47,7 @@ def check_storage_path(value: str) -> str:
 StoragePath = Annotated[str, AfterValidator(check_storage_path)]
 
 
-def _check_checksum(value: str) -> str:
+def check_checksum(value: str) -> str:
     if not _CHECKSUM.fullmatch(value):
         raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits")
     return value
@@ -70,7 +77,7 @@ class DatasetSpec(SpecModel):
         description="Nodes that hold a copy. Jobs using the dataset run only where an "
         "agent reports it present.",
     )
-    checksum: Annotated[str, AfterValidator(_check_checksum)] | None = Field(
+    checksum: Annotated[str, AfterValidator(check_checksum)] | None = Field(
         examples=["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
         default=None,
         description="Expected checksum of the whole tree ('sha256:...'), as agents report it.",

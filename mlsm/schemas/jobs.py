@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, Field, model_validator
 
 from mlsm.schemas.base import API_VERSION, ObjectMeta, SpecModel
+from mlsm.schemas.datasets import check_checksum
 from mlsm.schemas.fields import Bytes, Cores, Duration, LabelKey, LabelValue, ResourceName
 from mlsm.schemas.training import TrainerConfig
 
@@ -140,6 +141,13 @@ class TrainingJobSpec(SpecModel):
         description="Name of a Dataset. The job runs only where an agent reports it, and "
         "sees it at $MLSM_DATASET_DIR (read-only).",
     )
+    dataset_checksum: Annotated[str, AfterValidator(check_checksum)] | None = Field(
+        examples=["sha256:" + "0" * 64],
+        default=None,
+        description="Run only on data with this checksum, as the node's agent measures "
+        "the dataset (`mlsmctl get datasets`): a rerun of a past job on exactly its data "
+        "(`mlsmctl reproduce`). Nodes holding another version are passed over.",
+    )
     resources: JobResources = Field(
         default_factory=JobResources, description="GPUs, CPU and memory per node."
     )
@@ -205,6 +213,8 @@ class TrainingJobSpec(SpecModel):
             raise ValueError("set one of 'command' or 'trainer' (neither is set)")
         if self.command is not None and self.trainer is not None:
             raise ValueError("set only one of 'command' or 'trainer' (both are set)")
+        if self.dataset_checksum is not None and self.dataset is None:
+            raise ValueError("datasetChecksum pins a dataset: name it in 'dataset'")
         if self.trainer is not None and self.dataset is None:
             raise ValueError("the built-in trainer needs 'dataset': name an imagefolder Dataset")
         if self.processes_per_node is not None:

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mlsm.training import checkpoints as saving
+from mlsm.training import provenance as origin
 from mlsm.training.augmenting import Augmenter
 from mlsm.training.config import RunConfig
 from mlsm.training.data import ImageFolder, scan_classes, to_pixels
-from mlsm.training.evaluating import Evaluation, evaluate
+from mlsm.training.evaluating import RECORD_BUDGET, Evaluation, evaluate
 from mlsm.training.models import forward_options, load_model
 
 __all__ = ["EXIT_TERMINATED", "Result", "evaluate", "train"]
@@ -311,6 +312,8 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
             model, device_ids=[place.local_rank] if device.type == "cuda" else None
         )
     metrics = _Metrics(place)
+    made = origin.collect(config, device, world=place.world) if place.main else {}
+    metrics.write_records(step, epoch, "", [origin.record_of(made, RECORD_BUDGET)])
     stop = _Stop()
     per_step = f"batch {config.batch_size} x {place.world} process(es)" + (
         f" x {accumulate} accumulated" if accumulate > 1 else ""
@@ -352,6 +355,13 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
     ) -> None:
         state = state_now(epoch, in_epoch)  # (a collective under torchrun: every rank)
         if place.main:
+            where = {
+                "epoch": epoch,
+                "batchInEpoch": in_epoch,
+                "step": step,
+                "savedAt": origin.now(),
+            }
+            files = {**(files or {}), origin.PROVENANCE_FILE: {**made, "checkpoint": where}}
             saving.save(folder, model, prep, state, files)
 
     wrapped.train()
@@ -509,6 +519,9 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
                 f"test: loss {scores['loss']:.4f} accuracy {scores['accuracy']:.4f} "
                 f"f1 {scores['f1']:.4f}"
             )
+        if place.main:
+            ended = {**made, "endedAt": origin.now(), "epochsDone": result.epochs_done}
+            metrics.write_records(step, epoch, "", [origin.record_of(ended, RECORD_BUDGET)])
         say(
             f"done: best val {config.monitor.metric} {result.best or 0:.4f} at epoch "
             f"{result.best_epoch}, {result.epochs_done} epochs in {result.train_seconds:.1f} s "

@@ -372,6 +372,7 @@ def job_page(
         "best": scores.best_score(trainer, records) if trainer is not None else None,
         "checkpoint_folders": scores.checkpoint_folders(trainer) if trainer is not None else [],
         "per_class": scores.per_class(records),
+        "provenance": scores.provenance_facts(scores.provenance_of(records) or {}),
         "output": f"{run.node}:{run.output_dir}" if run and run.output_dir else "",
         "events": events[::-1],
         "timeline": timeline(job, runs),

@@ -407,6 +407,12 @@ def test_the_built_in_trainer_runs_in_a_container_as_in_a_venv(
     assert "epoch 2/2" in "\n".join(logs(client, run["id"]))
     config = json.loads((root / "runs" / run["id"] / "trainer.json").read_text())
     assert (config["datasetRoot"], config["outputDir"]) == ("/mlsm/dataset", "/mlsm/output")
+    # the image it ran, by id and digest, in its provenance
+    made = json.loads((output / "checkpoints" / "best" / "provenance.json").read_text())
+    ran = engine.client().images.get(image)
+    assert made["environment"]["image"] == image
+    assert made["environment"]["imageId"] == ran.id
+    assert made["environment"]["digest"] in (None, *ran.attrs.get("RepoDigests", []))
     # mlsm's own code, copied under the storage root once, is what the image ran.
     [code] = (root / "envs").glob("mlsm-*")
     assert (code / "mlsm" / "training" / "__main__.py").is_file()

@@ -8,6 +8,7 @@ to add. (The trainer under torchrun, one process per GPU, is in test_multinode.p
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -84,6 +85,30 @@ def trained_and_shown(client: httpx.Client, node: Path) -> None:
     assert "epoch 2/2" in cli(client, "logs", "job", "resnet-digits")
 
 
+def provenance_shown(client: httpx.Client, node: Path, head: str) -> str:
+    """What made the checkpoints, beside each and in describe; the manifest that
+    reruns it (returned)."""
+    output = node / "jobs" / "resnet-digits" / "output" / "checkpoints"
+    made = json.loads((output / "best" / "provenance.json").read_text())
+    assert made["commit"]["sha"] == head
+    assert made["dataset"]["checksum"].startswith("sha256:")
+    assert made["environment"]["runtime"] == "venv"
+    assert made["trainer"]["seed"] == 0
+    page = cli(client, "describe", "job", "resnet-digits")
+    assert f"  commit:      {head[:12]} by " in page
+    assert f"  dataset:     digits on local, {made['dataset']['checksum']}" in page
+    again = cli(client, "reproduce", "job", "resnet-digits")
+    assert f"datasetChecksum: {made['dataset']['checksum']}" in again
+    assert f"mlsm.dev/commit: {head}" in again
+    return again
+
+
+def val_accuracies(client: httpx.Client, job: str) -> list[float]:
+    [run] = client.get("/api/v1/runs", params={"job": job}).json()["items"]
+    records = client.get(f"/api/v1/runs/{run['id']}/metrics").json()["records"]
+    return [r["value"] for r in records if r["split"] == "val" and r["name"] == "accuracy"]
+
+
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -99,6 +124,7 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
         wait_for(lambda: "job resnet-digits succeeded." in up.output(), timeout=240)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
         trained_and_shown(client, state / "node")
+        again = provenance_shown(client, state / "node", example.git("rev-parse", "HEAD").strip())
         wait_for(lambda: client.get("/api/v1/jobs/hello-venv").json()["status"]["phase"]
                  == "Succeeded", timeout=60)  # fmt: skip
         # The engine `make engine` serves: the local node offers docker, and the example
@@ -112,6 +138,14 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
         page = client.get("/jobs/busybox-docker")  # the status site, at the URL up prints
         assert page.status_code == 200
         assert "hello from a container" in page.text
+        # the reproduction, merged, runs on the same data and trains to the same scores
+        example.write("jobs/resnet-digits-repro.yaml", again)
+        example.commit("Reproduce resnet-digits")
+        wait_for(lambda: client.get("/api/v1/jobs/resnet-digits-repro").is_success
+                 and client.get("/api/v1/jobs/resnet-digits-repro").json()["status"]["phase"]
+                 == "Succeeded", timeout=180)  # fmt: skip
+        assert val_accuracies(client, "resnet-digits-repro") == val_accuracies(
+            client, "resnet-digits")  # fmt: skip
     finally:
         code = up.stop()
     printed = up.output()

@@ -55,8 +55,11 @@ def test_training_learns_and_records_metrics_and_checkpoints(
     assert result.best > 0.3  # chance is 0.1
     assert result.metrics["f1"] > 0.2
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    assert {r["split"] for r in records} == {"train", "val", "test"}
-    assert set(records[0]) == {"step", "epoch", "split", "name", "value", "time"}
+    assert {r["split"] for r in records if "value" in r} == {"train", "val", "test"}
+    assert set(records[1]) == {"step", "epoch", "split", "name", "value", "time"}
+    # the first record is the run's provenance, the last its end
+    assert (records[0]["name"], records[-1]["name"]) == ("provenance", "provenance")
+    assert "endedAt" in records[-1]
     val = [r for r in records if r["split"] == "val" and r["name"] == "accuracy"]
     assert len(val) == 4
     for name in ("best", "last"):

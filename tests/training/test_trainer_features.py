@@ -158,3 +158,42 @@ def test_image_size_resizes_the_input_and_a_vit_interpolates_its_positions(
     image = next((digits / "val" / "three").iterdir())
     [[(_label, score), *_]] = predict(str(last), [str(image)], top_k=2)
     assert 0 < score <= 1
+
+
+def test_every_checkpoint_has_its_provenance(
+    digits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import platform
+
+    import transformers
+
+    # what an agent writes before the run starts (mlsm.agent.provenance)
+    agent = {"job": "j", "generation": 3, "run": "r1", "node": "n1",
+             "commit": {"sha": "c0ffee", "author": "Ada", "message": "Train"},
+             "dataset": {"name": "digits", "checksum": "sha256:" + "a" * 64},
+             "environment": {"runtime": "venv", "requirementsHash": "abc"}}  # fmt: skip
+    (tmp_path / "provenance.json").write_text(json.dumps(agent))
+    monkeypatch.setenv("MLSM_PROVENANCE_FILE", str(tmp_path / "provenance.json"))
+    monkeypatch.setenv("MLSM_METRICS_FILE", str(tmp_path / "metrics.jsonl"))
+    run = config(digits, "builtin:resnet-tiny", tmp_path / "out", epochs=2, seed=11,
+                 keep_checkpoints="every-epoch")  # fmt: skip
+    train(run)
+    for name in ("best", "last", "epoch-1", "epoch-2"):
+        made = json.loads((tmp_path / "out" / "checkpoints" / name / "provenance.json").read_text())
+        assert made["commit"] == agent["commit"]
+        assert made["dataset"]["checksum"] == agent["dataset"]["checksum"]
+        trainer = made["trainer"]
+        assert trainer["seed"] == 11
+        assert trainer["versions"]["torch"] == torch.__version__
+        assert trainer["versions"]["transformers"] == transformers.__version__
+        assert trainer["versions"]["python"] == platform.python_version()
+        assert trainer["device"]["type"] == "cpu"
+        assert trainer["device"]["name"]
+        if name != "best":
+            assert made["checkpoint"]["epoch"] == (2 if name == "last" else int(name[-1]))
+        assert made["checkpoint"]["savedAt"] >= trainer["startedAt"]
+    records = [r for r in records_of(tmp_path / "metrics.jsonl") if r["name"] == "provenance"]
+    assert len(records) == 2
+    assert records[0]["job"] == "j"
+    assert "endedAt" not in records[0]
+    assert records[1]["endedAt"] >= records[0]["trainer"]["startedAt"]

@@ -143,6 +143,10 @@ class Runtime(Protocol):
         """Make the run's environment ready (blocking: build, pull); returns what
         `start` needs."""
 
+    def environment(self, launch: Launch, prepared: Any) -> dict[str, Any]:
+        """What the run's process runs in, for its provenance: the venv's Python,
+        requirements and their hash, or the image and its digest."""
+
     def start(self, launch: Launch, prepared: Any) -> Handle:
         """Start the run (blocking)."""
 

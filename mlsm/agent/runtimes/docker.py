@@ -285,6 +285,17 @@ class DockerRuntime:
                 shutil.rmtree(partial, ignore_errors=True)
         return target
 
+    def environment(self, launch: Launch, prepared: Prepared) -> dict[str, Any]:
+        """The image as the job named it, its id, and its registry digest (a local
+        build has none: its id is what pins it)."""
+        digests = prepared.image.attrs.get("RepoDigests") or []
+        return {
+            "runtime": "docker",
+            "image": launch.image,
+            "imageId": prepared.image.id,
+            "digest": digests[0] if digests else None,
+        }
+
     def start(self, launch: Launch, prepared: Prepared) -> DockerRun:
         mounts = [*launch.mounts, *prepared.mounts]
         for mount in mounts:  # before anything is created

@@ -159,6 +159,15 @@ class VenvRuntime:
     def prepare(self, launch: Launch) -> Path:
         return self.ensure_env(launch)
 
+    def environment(self, launch: Launch, prepared: Path) -> dict[str, Any]:
+        """The environment's key (Python version, requirements, inherited site
+        directories) and its hash, which names the cached venv."""
+        try:
+            key = json.loads((prepared / READY).read_text())
+        except (OSError, ValueError):
+            key = {}
+        return {"runtime": "venv", **key, "requirementsHash": prepared.name}
+
     def adopt(self, record: RunRecord) -> RunProcess:
         cgroup = Path(record.cgroup) if record.cgroup else None
         return RunProcess(

@@ -49,6 +49,7 @@ def test_both_runtimes_get_the_same_variables_at_the_paths_they_see(tmp_path: Pa
     assert boxed.env == {
         "GREETING": "hi", "MLSM_RUN_ID": "r1", "MLSM_JOB": "j", "MLSM_RUN_DIR": "/mlsm/run",
         "MLSM_OUTPUT_DIR": "/mlsm/output", "MLSM_METRICS_FILE": "/mlsm/run/metrics.jsonl",
+        "MLSM_PROVENANCE_FILE": "/mlsm/run/provenance.json",
         "MLSM_DATASET_DIR": "/mlsm/dataset", "MLSM_GPUS": "0,1", "MLSM_NODE_RANK": "0",
         "MLSM_NUM_NODES": "1", "MLSM_PROCESSES_PER_NODE": "1",
     }  # fmt: skip
@@ -60,6 +61,7 @@ def test_both_runtimes_get_the_same_variables_at_the_paths_they_see(tmp_path: Pa
     assert plain.env["MLSM_OUTPUT_DIR"] == str(tmp_path / "jobs/j/output")
     assert plain.env["MLSM_DATASET_DIR"] == str((tmp_path / "datasets/cats").resolve())
     assert plain.env["MLSM_METRICS_FILE"] == str(tmp_path / "runs/r1/metrics.jsonl")
+    assert plain.env["MLSM_PROVENANCE_FILE"] == str(tmp_path / "runs/r1/provenance.json")
     assert plain.env["MLSM_GPUS"] == "1,3"  # a venv job sees the node's own indices
     assert runtime_of(entry) == "docker"
     assert runtime_of({"spec": {"runtime": {"venv": {}}}}) == "venv"
