@@ -157,11 +157,22 @@ class Harness:
         """Commit a job (and send the webhook); the wall-clock time before the commit.
         `image`: a docker job in that image (else a venv job); `extra`: more of its
         spec, as YAML lines."""
-        (self.repo / "jobs").mkdir(exist_ok=True)
-        (self.repo / "jobs" / f"{name}.yaml").write_text(job(name, command, image, python) + extra)
+        text = job(name, command, image, python) + extra
+        return self.commit_files({f"jobs/{name}.yaml": text}, f"add {name}")
+
+    def commit_files(self, files: dict[str, str | None], message: str) -> float:
+        """Write (or, for None, remove) files, commit them, send the webhook; the
+        wall-clock time before the commit."""
+        for relative, text in files.items():
+            path = self.repo / relative
+            if text is None:
+                path.unlink(missing_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         git(self.repo, "add", "-A")
         before = time.time()
-        git(self.repo, "commit", "-qm", f"add {name}")
+        git(self.repo, "commit", "-qm", message)
         if self.webhook:
             body = json.dumps({"ref": "refs/heads/main"}).encode()
             signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()

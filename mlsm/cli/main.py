@@ -118,7 +118,13 @@ def validate(
             result = manifests.check_paths(paths, cross_checks=cross_checks, workers=jobs)
         except manifests.SourceError as exc:
             raise UsageError(str(exc)) from exc
-    print_problems(result.problems, objects=result.checked, files=result.files, format=output)
+    print_problems(
+        result.problems,
+        objects=result.checked,
+        files=result.files,
+        format=output,
+        sweeps=result.sweeps,
+    )
     if result.problems:
         raise typer.Exit(EXIT_INVALID)
 
@@ -205,7 +211,8 @@ def _kind(value: str) -> str:
 @app.command()
 def get(
     kind: Annotated[
-        str, typer.Argument(help="nodes, datasets, jobs, or sync.", show_default=False)
+        str,
+        typer.Argument(help="nodes, datasets, jobs, sweep (NAME), or sync.", show_default=False),
     ],
     names: Annotated[
         list[str] | None,
@@ -239,6 +246,9 @@ def get(
     if kind.lower() in ("sync", "syncs"):
         _get_sync(client, output)
         return
+    if kind.lower() in ("sweep", "sweeps"):
+        _get_sweeps(client, names or [], output)
+        return
     resolved = _kind(kind)
     if names:
         objects = [client.object(resolved, name) for name in names]
@@ -266,6 +276,19 @@ def _get_sync(client: Client, output: GetFormat) -> None:
         typer.echo(manifests.dump_yaml({"items": states}), nl=False)
     else:
         typer.echo(views.sync_table(states))
+
+
+def _get_sweeps(client: Client, names: list[str], output: GetFormat) -> None:
+    """Each sweep's leaderboard: its children, best first."""
+    if not names:
+        raise UsageError("name the sweep: mlsmctl get sweep NAME (the job with spec.sweep)")
+    boards = [client.get(f"/sweeps/{name}") for name in names]
+    if output is GetFormat.json:
+        typer.echo(json.dumps({"items": boards}, indent=2))
+    elif output is GetFormat.yaml:
+        typer.echo(manifests.dump_yaml({"items": boards}), nl=False)
+    else:
+        typer.echo("\n\n".join(views.sweep_table(board) for board in boards))
 
 
 def _warn_broken_files(client: Client) -> None:

@@ -11,7 +11,7 @@ from typing import TextIO
 
 import typer
 
-from mlsm.manifests import Problem
+from mlsm.manifests import Problem, SweepSummary
 
 __all__ = ["Format", "print_problems"]
 
@@ -42,6 +42,24 @@ def _summary(problems: Sequence[Problem], *, objects: int, files: int) -> str:
     return f"{_plural(len(problems), 'error')} in {_plural(bad_files, 'file')} ({checked} checked)"
 
 
+SWEEP_LINES = 20
+"""Children listed per sweep (the rest are counted)."""
+
+
+def sweep_lines(sweep: SweepSummary) -> list[str]:
+    """A sweep's expansion for people: the job, then a line per child."""
+    limit = f", at most {sweep.parallelism} at once" if sweep.parallelism else ""
+    count = len(sweep.children)
+    children = f"{count} {'child' if count == 1 else 'children'}"
+    where = f"{sweep.path}:{sweep.line}:{sweep.column}"
+    lines = [f"{where}: TrainingJob/{sweep.name}: a sweep of {children}{limit}:"]
+    width = max(len(name) for name, _ in sweep.children)
+    lines += [f"  {name:{width}s}  {values}" for name, values in sweep.children[:SWEEP_LINES]]
+    if len(sweep.children) > SWEEP_LINES:
+        lines.append(f"  ... and {len(sweep.children) - SWEEP_LINES} more")
+    return lines
+
+
 def print_problems(
     problems: Sequence[Problem],
     *,
@@ -49,13 +67,25 @@ def print_problems(
     files: int,
     format: Format,
     out: TextIO = sys.stdout,
+    sweeps: Sequence[SweepSummary] = (),
 ) -> None:
-    """Every problem, then a one-line summary (text and github) or one JSON document."""
+    """Every problem, each sweep's expansion, then a one-line summary (text and
+    github) or one JSON document."""
     if format is Format.json:
         document = {
             "valid": not problems,
             "files": files,
             "objects": objects,
+            "sweeps": [
+                {
+                    "path": w.path,
+                    "line": w.line,
+                    "name": w.name,
+                    "parallelism": w.parallelism,
+                    "children": [{"name": n, "values": v} for n, v in w.children],
+                }
+                for w in sweeps
+            ],
             "errors": [
                 {
                     "path": p.path,
@@ -83,6 +113,9 @@ def print_problems(
             where = f"{problem.path}:{problem.line}:{problem.column}:"
             label = typer.style("error:", fg="red", bold=True) if color else "error:"
             out.write(f"{where} {label} {problem.describe()}\n")
+    if format is Format.text:
+        for sweep in sweeps:
+            out.write("\n".join(sweep_lines(sweep)) + "\n")
     out.write(_summary(problems, objects=objects, files=files) + "\n")
 
 

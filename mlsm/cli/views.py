@@ -138,6 +138,23 @@ def sync_table(states: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(board: dict[str, Any]) -> str:
+    """A sweep's leaderboard: rank, child, phase, its swept values and best score."""
+    parameters = board["parameters"]
+    best = f"BEST VAL {board['metric'].upper()}"
+    header = ["#", "NAME", "PHASE", *(p.upper() for p in parameters), best, "EPOCH"]
+    rows = []
+    for rank, child in enumerate(board["children"], 1):
+        values = [str(child["parameters"].get(p, "-")) for p in parameters]
+        score = [_number(child["best"]), _number(child["epoch"])]
+        rows.append([str(rank), child["name"], child["phase"], *values, *score])
+    phases = ", ".join(f"{count} {phase}" for phase, count in board["phases"].items())
+    limit = f", at most {board['parallelism']} at once" if board.get("parallelism") else ""
+    order = f"best {board['metric']} ({board['mode']}) first"
+    title = f"sweep {board['sweep']}: {len(rows)} children ({phases}){limit}; {order}"
+    return title + "\n" + _grid(header, rows)
+
+
 def _grid(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

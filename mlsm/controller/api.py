@@ -40,11 +40,12 @@ from mlsm.controller.inputs import (
 from mlsm.controller.leading import Leadership
 from mlsm.controller.sources import ManifestSource
 from mlsm.schemas.phases import RunPhase
+from mlsm.schemas.sweeps import SWEEP_LABEL
 from mlsm.store import OBJECT_MODELS, Event, Job, Node, Run, Store, StoredObject, SyncState
 from mlsm.store.outputs import read_log, read_metrics
 from mlsm.store.tokens import token_role
 from mlsm.web.access import ReadAccess, bearer
-from mlsm.web.pages import find_object
+from mlsm.web.pages import find_object, sweep_page
 from mlsm.web.telemetry import Telemetry, TimedRequests
 
 __all__ = ["API_PREFIX", "create_app", "object_json"]
@@ -340,6 +341,19 @@ class Api:
             return JSONResponse(await self.call(read))
         return await unless_disconnected(request, poll)
 
+    async def get_sweep(self, request: Request) -> Response:
+        """A sweep's leaderboard (`mlsm.web.pages.sweep_page`)."""
+        name = request.path_params["name"]
+
+        def read() -> dict[str, Any]:
+            with self.store.read() as session:
+                board = sweep_page(session, name)
+            if board is None:
+                raise HttpError(404, f"no sweep {name}: no job has the label {SWEEP_LABEL}={name}")
+            return board
+
+        return await self.answer(read)
+
     async def run_metrics(self, request: Request) -> Response:
         run_id = request.path_params["run"]
 
@@ -579,6 +593,7 @@ def create_app(
         Route(p + "/runs/{run}/logs", api.run_logs),
         Route(p + "/runs/{run}/metrics", api.run_metrics),
         Route(f"{p}/events", api.list_events),
+        Route(p + "/sweeps/{name}", api.get_sweep),
         Route(f"{p}/hooks/git", api.webhook, methods=["POST"]),
         Route(f"{p}/apply", api.apply, methods=["POST"]),
         Route(f"{p}/delete", api.delete, methods=["POST"]),

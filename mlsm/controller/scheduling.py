@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +23,7 @@ from mlsm import planning, schemas
 from mlsm.controller.events import condition, record, set_condition
 from mlsm.controller.lifecycle import Leases, job_spec, next_attempt, switch_job
 from mlsm.schemas.phases import JobPhase, RunPhase
+from mlsm.schemas.sweeps import SWEEP_LABEL
 from mlsm.store import Dataset, Job, Node, Run
 from mlsm.store.types import utcnow
 
@@ -102,6 +103,8 @@ class _Queue:
     views: list[planning.NodeView]
     in_use: Counter[str]
     """GPUs each owner's active runs hold (fair share)."""
+    groups: Counter[str] = field(default_factory=Counter)
+    """Active children of each sweep (its parallelism)."""
 
     def waiting(self) -> list[planning.PendingJob]:
         return [
@@ -142,12 +145,16 @@ def _queue(
     active = [(row[0], row[1]) for row in session.execute(active_runs)]
     held: dict[str, list[tuple[Run, schemas.TrainingJob | None]]] = {}
     in_use: Counter[str] = Counter()
+    sweeping: dict[str, str] = {}
     for run, job in active:
         if job.name in without:
             continue
         spec = job_spec(job)
         held.setdefault(run.node or "", []).append((run, spec))
         in_use[job.owner] += len(run.gpus)
+        if SWEEP_LABEL in (job.labels or {}):
+            sweeping[job.name] = job.labels[SWEEP_LABEL]
+    groups = Counter(sweeping.values())  # jobs, not runs: a job on 2 nodes counts once
     checksums = {
         row.name: (row.manifest or {}).get("spec", {}).get("checksum")
         for row in session.scalars(
@@ -159,7 +166,7 @@ def _queue(
         _node_view(n, held.get(n.name, []), leases.is_ready(n.last_heartbeat_at, now), checksums)
         for n in nodes
     ]
-    return _Queue(pending, nodes, views, in_use)
+    return _Queue(pending, nodes, views, in_use, groups)
 
 
 def assign(
@@ -171,7 +178,9 @@ def assign(
     if not queue.pending:
         return AssignOutcome(0, 0, frozenset())
     pending, nodes = queue.pending, queue.nodes
-    result = planning.schedule(queue.waiting(), queue.views, gpus_in_use=queue.in_use)
+    result = planning.schedule(
+        queue.waiting(), queue.views, gpus_in_use=queue.in_use, groups_active=queue.groups
+    )
     jobs = {job.name: job for job, _ in pending}
     by_node = {n.name: n for n in nodes}
     touched: set[str] = set()
@@ -258,8 +267,12 @@ def preview(
         when = submitted.get(name, after + index)
         mine[name] = planning.PendingJob.of(job, owner=row.owner if row else owner, submitted=when)
     others = [j for j in base if j.name not in mine]
-    before = planning.schedule(base, queue.views, gpus_in_use=queue.in_use)
-    with_mine = planning.schedule([*others, *mine.values()], queue.views, gpus_in_use=queue.in_use)
+    before = planning.schedule(
+        base, queue.views, gpus_in_use=queue.in_use, groups_active=queue.groups
+    )
+    with_mine = planning.schedule(
+        [*others, *mine.values()], queue.views, gpus_in_use=queue.in_use, groups_active=queue.groups
+    )
     place_before = {name: i for i, name in enumerate(before.order, start=1)}
     place = {name: i for i, name in enumerate(with_mine.order, start=1)}
     bound_before = {b.job for b in before.bindings}

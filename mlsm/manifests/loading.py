@@ -19,6 +19,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from mlsm import schemas
 from mlsm.errors import UserError
 from mlsm.manifests.caching import CheckedFiles
 from mlsm.manifests.crosschecking import Facts, cross_check, facts_of
@@ -30,12 +31,13 @@ from mlsm.manifests.parsing import (
     too_large,
 )
 from mlsm.manifests.problems import ManifestError, Problem
-from mlsm.manifests.validating import Budget, Located, Locator, validate_document
+from mlsm.manifests.validating import Budget, Located, Locator, expand_sweep, validate_document
 
 __all__ = [
     "MANIFEST_SUFFIXES",
     "LoadResult",
     "SourceError",
+    "SweepSummary",
     "check_paths",
     "discover",
     "load_bytes",
@@ -52,6 +54,31 @@ class SourceError(UserError):
     """A path, repository or commit that cannot be read at all."""
 
 
+class SweepSummary(NamedTuple):
+    """A job with a sweep, where it is written, and its children's names and values."""
+
+    path: str
+    line: int
+    column: int
+    name: str
+    parallelism: int | None
+    children: list[tuple[str, str]]
+    """(name, 'field=value ...') of each child."""
+
+    @classmethod
+    def of(cls, job: Located, children: list[Located]) -> SweepSummary:
+        manifest = job.manifest
+        assert isinstance(manifest, schemas.TrainingJob)
+        assert manifest.spec.sweep is not None
+        swept = list(manifest.spec.sweep.parameters)
+        said = [
+            (c.name, " ".join(f"{f}={c.manifest.metadata.labels.get(f, '')}" for f in swept))
+            for c in children
+        ]
+        at, sweep = job.position, manifest.spec.sweep
+        return cls(job.path, at.line, at.column, manifest.metadata.name, sweep.parallelism, said)
+
+
 @dataclass
 class LoadResult:
     """Every valid object, and every problem, of one load."""
@@ -62,6 +89,8 @@ class LoadResult:
     files: int = 0
     checked: int = 0
     """How many valid objects were found."""
+    sweeps: list[SweepSummary] = field(default_factory=list)
+    """Each job with a sweep, and its children (which `objects` and `checked` hold)."""
 
     @property
     def ok(self) -> bool:
@@ -124,6 +153,7 @@ class _FileOutcome(NamedTuple):
     facts: list[Facts]
     problems: list[Problem]
     broken: list[tuple[str, str]]
+    sweeps: list[SweepSummary]
 
 
 Keep = bool | frozenset[str]
@@ -133,17 +163,23 @@ processes), or those of these kinds."""
 
 def _check_bytes(data: bytes, path: str, limits: Limits, *, keep: Keep) -> _FileOutcome:
     parsed = parse_bytes(data, path, limits)
-    outcome = _FileOutcome(path, [], [], parsed.problems, [])
+    outcome = _FileOutcome(path, [], [], parsed.problems, [], [])
     locator = Locator(lambda _: data)
     budget = Budget(max(limits.max_problems - len(parsed.problems), 0))
     for document in parsed.documents:
         result = validate_document(document, path=path, locator=locator, budget=budget)
-        if isinstance(result, Located):
-            outcome.facts.append(facts_of(result))
-            if keep is True or (keep and result.kind in keep):
-                outcome.objects.append(result)
+        expanded = expand_sweep(result, locator=locator) if isinstance(result, Located) else []
+        objects = [x for x in expanded if isinstance(x, Located)]
+        if objects and isinstance(result, Located) and objects[0] is not result:
+            outcome.sweeps.append(SweepSummary.of(result, objects))
+        if objects:
+            for located in objects:
+                outcome.facts.append(facts_of(located))
+                if keep is True or (keep and located.kind in keep):
+                    outcome.objects.append(located)
         else:
-            outcome.problems.extend(result)
+            problems = [x for x in expanded if isinstance(x, Problem)]
+            outcome.problems.extend(problems if isinstance(result, Located) else result)
             outcome.broken.append(_identity(document.data))
     summary = budget.summary(path, limits.max_problems)
     if summary is not None:
@@ -157,7 +193,7 @@ def _check_files(paths: Sequence[str], limits: Limits, keep: bool) -> list[_File
         for path in paths:
             data = _read_file(path, limits)
             if isinstance(data, Problem):
-                out.append(_FileOutcome(path, [], [], [data], []))
+                out.append(_FileOutcome(path, [], [], [data], [], []))
             else:
                 out.append(_check_bytes(data, path, limits, keep=keep))
     return out
@@ -240,6 +276,7 @@ def _finish(
             result.files += 1
             result.checked += len(outcome.facts)
             result.objects.extend(outcome.objects)
+            result.sweeps.extend(outcome.sweeps)
             result.problems.extend(outcome.problems)
             facts.extend(outcome.facts)
             broken.update(outcome.broken)
@@ -278,7 +315,7 @@ def load_paths(
     links: list[str] | None = None if follow_links else []
     files = discover(paths, links=links)
     outcomes = _check_files(files, limits, True)
-    outcomes += [_FileOutcome(link, [], [], [_link_problem(link)], []) for link in links or ()]
+    outcomes += [_FileOutcome(link, [], [], [_link_problem(link)], [], []) for link in links or ()]
     return _finish(outcomes, Locator(_read_whole), cross_checks=cross_checks)
 
 
@@ -365,7 +402,7 @@ def load_git_tree(
                 texts[path] = previous.texts[path]
             elif size > limits.max_bytes:
                 outcomes[path, blob] = _FileOutcome(
-                    path, [], [], [too_large(path, size, limits)], []
+                    path, [], [], [too_large(path, size, limits)], [], []
                 )
             else:
                 texts[path] = read[blob]
@@ -445,7 +482,9 @@ def load_git_change(
     outcomes: dict[tuple[str, str], _FileOutcome] = {}
     for path, blob, size in {*old, *new}:
         if size > limits.max_bytes:
-            outcomes[path, blob] = _FileOutcome(path, [], [], [too_large(path, size, limits)], [])
+            outcomes[path, blob] = _FileOutcome(
+                path, [], [], [too_large(path, size, limits)], [], []
+            )
     checked = CheckedFiles.of(repo, limits, sorted(keep_kinds)) if cache else None
     blobs = {p: b for p, b, _ in shared}
     kept: list[tuple[list[tuple[str, str]], bytes]] = []

@@ -23,8 +23,9 @@ from pydantic_core import ErrorDetails
 from mlsm import schemas
 from mlsm.manifests.parsing import Document, NodeIndex, Position
 from mlsm.manifests.problems import Problem, format_field
+from mlsm.manifests.sweeping import SweepProblem, expand
 
-__all__ = ["Budget", "Located", "Locator", "validate_document"]
+__all__ = ["Budget", "Located", "Locator", "expand_sweep", "validate_document"]
 
 _YAML_11_BOOLS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
 
@@ -201,6 +202,34 @@ def validate_document(
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def expand_sweep(located: Located, *, locator: Locator) -> list[Located] | list[Problem]:
+    """A job with `spec.sweep` as its children (`mlsm.manifests.sweeping`), written
+    where the job is; any other object as itself."""
+    manifest = located.manifest
+    if not isinstance(manifest, schemas.TrainingJob) or manifest.spec.sweep is None:
+        return [located]
+    try:
+        children = expand(manifest)
+    except SweepProblem as problem:
+        field: list[str | int] = ["spec", "sweep", *problem.field]
+        at = locator.find(located.path, located.position, field, key=True)
+        return [
+            Problem(
+                path=located.path,
+                line=at.line,
+                column=at.column,
+                kind="TrainingJob",
+                name=manifest.metadata.name,
+                field=format_field(field),
+                message=problem.message,
+            )
+        ]
+    return [
+        Located(manifest=c, path=located.path, document=located.document, position=located.position)
+        for c in children
+    ]
 
 
 def _kind_problem(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from mlsm import schemas
 from mlsm.manifests.crosschecking import never_takes, tolerates
+from mlsm.schemas.sweeps import PARALLELISM_LABEL, SWEEP_LABEL
 
 __all__ = ["Binding", "NodeView", "PendingJob", "Placement", "ScheduleResult", "schedule"]
 
@@ -69,11 +70,17 @@ class PendingJob:
     dataset: str | None = None
     dataset_checksum: str | None = None
     nodes: int = 1
+    group: str | None = None
+    """The sweep this job is a child of."""
+    group_limit: int | None = None
+    """The sweep's parallelism: at most this many of its children active at once."""
 
     @classmethod
     def of(cls, job: schemas.TrainingJob, *, owner: str, submitted: float) -> PendingJob:
         """What the scheduler needs of a job's spec (the controller and `mlsmctl plan`)."""
         s = job.spec
+        labels = job.metadata.labels
+        limit = labels.get(PARALLELISM_LABEL, "")
         return cls(
             name=job.metadata.name,
             owner=owner,
@@ -88,6 +95,8 @@ class PendingJob:
             dataset=s.dataset,
             dataset_checksum=s.dataset_checksum,
             nodes=s.nodes,
+            group=labels.get(SWEEP_LABEL),
+            group_limit=int(limit) if limit.isdigit() else None,
         )
 
 
@@ -183,10 +192,13 @@ def schedule(
     nodes: Sequence[NodeView],
     *,
     gpus_in_use: Mapping[str, int] | None = None,
+    groups_active: Mapping[str, int] | None = None,
 ) -> ScheduleResult:
-    """Bind what can run now; say why the rest waits. Never overcommits a node."""
+    """Bind what can run now; say why the rest waits. Never overcommits a node, nor
+    a sweep's parallelism (`groups_active`: its children scheduled or running)."""
     free = {n.name: _Free(sorted(n.free_gpus), n.free_cpu, n.free_memory) for n in nodes}
     usage = Counter(gpus_in_use or {})
+    active = Counter(groups_active or {})
     result = ScheduleResult()
     by_priority: dict[int, dict[str, list[PendingJob]]] = {}
     for job in pending:
@@ -202,10 +214,19 @@ def schedule(
             _, _, _, owner = heapq.heappop(heap)
             job = queues[owner].pop()
             result.order.append(job.name)
-            binding = _place(job, nodes, free, result)
+            group, limit = job.group or "", job.group_limit
+            if limit is not None and active[group] >= limit:
+                result.waiting[job.name] = (
+                    f"sweep {group} is at its parallelism ({limit} at once): "
+                    "waits for one of its children to finish"
+                )
+                binding = None
+            else:
+                binding = _place(job, nodes, free, result)
             if binding is not None:
                 result.bindings.append(binding)
                 usage[owner] += job.gpus * job.nodes
+                active[group] += 1
             if queues[owner]:
                 head = queues[owner][-1]
                 heapq.heappush(heap, (usage[owner], head.submitted, head.name, owner))

@@ -16,6 +16,7 @@ from mlsm.schemas.jobs import (
 )
 from mlsm.schemas.kinds import KINDS, Manifest, json_schema
 from mlsm.schemas.nodes import Node, NodeCapacity, NodeSpec, Taint
+from mlsm.schemas.sweeps import Sweep, SweepRange
 from mlsm.schemas.training import (
     AUGMENTATION_PRESETS,
     BUILTIN_MODELS,
@@ -45,6 +46,8 @@ __all__ = [
     "NodeSpec",
     "ObjectMeta",
     "SpecModel",
+    "Sweep",
+    "SweepRange",
     "Taint",
     "Toleration",
     "TrainerConfig",

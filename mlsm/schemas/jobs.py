@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field, model_validator
 from mlsm.schemas.base import API_VERSION, ObjectMeta, SpecModel
 from mlsm.schemas.datasets import check_checksum
 from mlsm.schemas.fields import Bytes, Cores, Duration, LabelKey, LabelValue, ResourceName
+from mlsm.schemas.sweeps import Sweep
 from mlsm.schemas.training import TrainerConfig
 
 __all__ = [
@@ -206,6 +207,12 @@ class TrainingJobSpec(SpecModel):
     suspend: bool = Field(
         default=False, description="true: do not start (a running job is stopped)."
     )
+    sweep: Sweep | None = Field(
+        default=None,
+        description="Expand this job into child jobs NAME-0, NAME-1, ... over trainer fields, a "
+        "grid or random draws, each an ordinary job labelled with its values "
+        "(`mlsmctl get sweep NAME` ranks them). Needs 'trainer'.",
+    )
 
     @model_validator(mode="after")
     def _command_or_trainer(self) -> Self:
@@ -213,6 +220,8 @@ class TrainingJobSpec(SpecModel):
             raise ValueError("set one of 'command' or 'trainer' (neither is set)")
         if self.command is not None and self.trainer is not None:
             raise ValueError("set only one of 'command' or 'trainer' (both are set)")
+        if self.sweep is not None and self.trainer is None:
+            raise ValueError("a sweep varies the built-in trainer's fields: set 'trainer'")
         if self.dataset_checksum is not None and self.dataset is None:
             raise ValueError("datasetChecksum pins a dataset: name it in 'dataset'")
         if self.trainer is not None and self.dataset is None:

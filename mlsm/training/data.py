@@ -22,18 +22,31 @@ from torch.utils.data import Dataset
 
 from mlsm.errors import UserError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "decode", "scan_classes", "to_pixels"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageFolder",
+    "check_split",
+    "decode",
+    "scan_classes",
+    "to_pixels",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def scan_classes(root: Path, split: str = "train") -> list[str]:
+def check_split(root: Path, split: str) -> Path:
+    """The split's folder; a one-line error naming it when it is missing."""
     folder = root / split
     if not folder.is_dir():
         raise UserError(
             f"dataset split '{split}' is missing: expected the folder {folder} with one "
             "folder of images per class"
         )
+    return folder
+
+
+def scan_classes(root: Path, split: str = "train") -> list[str]:
+    folder = check_split(root, split)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(
@@ -66,12 +79,7 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     cache_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
-        folder = self.root / self.split
-        if not folder.is_dir():
-            raise UserError(
-                f"dataset split '{self.split}' is missing: expected the folder "
-                f"{folder} with one folder of images per class"
-            )
+        folder = check_split(self.root, self.split)
         index = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
         for entry in sorted(p for p in folder.iterdir() if p.is_dir()):

@@ -33,7 +33,7 @@ from mlsm.training import checkpoints as saving
 from mlsm.training import provenance as origin
 from mlsm.training.augmenting import Augmenter
 from mlsm.training.config import RunConfig
-from mlsm.training.data import ImageFolder, scan_classes, to_pixels
+from mlsm.training.data import ImageFolder, check_split, scan_classes, to_pixels
 from mlsm.training.evaluating import RECORD_BUDGET, Evaluation, evaluate
 from mlsm.training.models import forward_options, load_model
 
@@ -258,6 +258,7 @@ def train(config: RunConfig, *, out: Any = None) -> Result:
     checkpoints = output / "checkpoints"
     _seed_everything(config.seed)
     classes = scan_classes(root)
+    check_split(root, "val")  # before the model is built: a missing split is said at once
     last = checkpoints / "last"
     resuming = (last / STATE_FILE).is_file()
     # A resumed run loads its weights from the checkpoint folder (from_pretrained maps

@@ -12,6 +12,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from mlsm import scores
 from mlsm.errors import HttpError
 from mlsm.manifests import dump_yaml
 from mlsm.schemas.phases import JobPhase, RunPhase
+from mlsm.schemas.sweeps import PARALLELISM_LABEL, SWEEP_LABEL, SWEPT_FIELDS
 from mlsm.store import Dataset, Event, Job, Node, Run, StoredObject, SyncState
 from mlsm.store.outputs import read_log, read_metrics
 
@@ -343,7 +345,7 @@ def job_page(
     runs = list(job.runs)
     run = next((r for r in runs if r.id == run_id), None) if run_id else None
     # by default the latest attempt's run that hosts process rank 0 (its metrics)
-    run = run or max(runs, key=lambda r: (r.attempt, 0 in (r.ranks or []), -r.rank), default=None)
+    run = run or _metrics_run(runs)
     lines = read_log(session, run.id, tail=LOG_TAIL) if run and log else []
     records = read_metrics(session, run.id, limit=METRIC_RECORDS) if run else []
     columns, epochs = scores.per_epoch(records)
@@ -372,12 +374,55 @@ def job_page(
         "best": scores.best_score(trainer, records) if trainer is not None else None,
         "checkpoint_folders": scores.checkpoint_folders(trainer) if trainer is not None else [],
         "per_class": scores.per_class(records),
+        "sweep": job.labels.get(SWEEP_LABEL),
         "provenance": scores.provenance_facts(scores.provenance_of(records) or {}),
         "output": f"{run.node}:{run.output_dir}" if run and run.output_dir else "",
         "events": events[::-1],
         "timeline": timeline(job, runs),
         "waiting": waiting_reason(job),
         "finished": job.phase in JobPhase.finished_phases(),
+    }
+
+
+def _metrics_run(runs: list[Run]) -> Run | None:
+    """The latest attempt's run that hosts process rank 0 (its metrics)."""
+    return max(runs, key=lambda r: (r.attempt, 0 in (r.ranks or []), -r.rank), default=None)
+
+
+def sweep_page(session: Session, name: str) -> dict[str, Any] | None:
+    """A sweep's leaderboard: each child's swept values, phase and best monitored
+    metric, best first (children without a score yet last, in order)."""
+    children = list(
+        session.scalars(_live(select(Job), Job).where(Job.labels[SWEEP_LABEL].as_string() == name))
+    )
+    if not children:
+        return None
+    rows = []
+    metric, mode = "accuracy", "max"
+    swept: dict[str, None] = {}
+    for job in children:
+        trainer = spec_of(job).get("trainer") or {}
+        run = _metrics_run(list(job.runs))
+        records = read_metrics(session, run.id, limit=METRIC_RECORDS) if run else []
+        best = scores.best_score(trainer, records)
+        metric, mode = best.metric, best.mode
+        values = {k: v for k, v in job.labels.items() if k in SWEPT_FIELDS}
+        swept.update(dict.fromkeys(values))
+        row = {"name": job.name, "phase": job.phase, "parameters": values, "best": best.value}
+        row["epoch"], row["node"] = best.epoch, run.node if run else None
+        row["index"] = int(job.name.rpartition("-")[2] or 0)
+        rows.append(row)
+    sign = -1 if mode == "max" else 1
+    rows.sort(key=lambda r: (r["best"] is None, sign * (r["best"] or 0), r["index"]))
+    limit = children[0].labels.get(PARALLELISM_LABEL)
+    return {
+        "sweep": name,
+        "metric": metric,
+        "mode": mode,
+        "parallelism": int(limit) if limit and limit.isdigit() else None,
+        "parameters": list(swept),
+        "children": rows,
+        "phases": dict(sorted(Counter(r["phase"] for r in rows).items())),
     }
 
 

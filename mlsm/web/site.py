@@ -203,6 +203,17 @@ class Site:
 
         return await self.render(request, "job.html", read)
 
+    async def sweep(self, request: Request) -> Response:
+        name = request.path_params["name"]
+
+        def read(session: Any) -> dict[str, Any] | None:
+            context = pages.sweep_page(session, name)
+            if context is None:
+                raise HttpError(404, f"no sweep named '{name[:63]}': no job is its child")
+            return context
+
+        return await self.render(request, "sweep.html", read)
+
     async def nodes(self, request: Request) -> Response:
         return await self.render(request, "nodes.html", pages.nodes_page)
 
@@ -338,6 +349,7 @@ def create_site(
         Route("/", site.overview, methods=get),
         Route("/jobs", site.jobs, methods=get),
         Route("/jobs/{name}", site.job, methods=get),
+        Route("/sweeps/{name}", site.sweep, methods=get),
         Route("/nodes", site.nodes, methods=get),
         Route("/nodes/{name}", site.node, methods=get),
         Route("/datasets", site.datasets, methods=get),

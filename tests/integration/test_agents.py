@@ -279,6 +279,20 @@ def test_a_job_runs_where_its_dataset_really_lies(
     assert (held["files"], held["bytes"], held["classes"]) == (4, 32, ["cat", "dog"])
     assert held["checksum"].startswith("sha256:")
     assert client.get("/api/v1/nodes/n1").json()["status"]["datasets"] == {}
+    # pinned to the data n2 measured (a reproduction) it runs there; to other data, nowhere
+    pinned = f"\n          dataset: cats\n          datasetChecksum: {held['checksum']}"
+    repo.write("jobs/pinned.yaml", job("pinned", "print(1)", extra=pinned))
+    other = pinned.replace(held["checksum"], "sha256:" + "1" * 64)
+    repo.write("jobs/elsewhere.yaml", job("elsewhere", "print(1)", extra=other))
+    repo.commit("pinned to a dataset checksum")
+    wait_phase(client, "pinned", "Succeeded")
+    assert runs_of(client, "pinned")[0]["node"] == "n2"
+    wait_for(lambda: "another version" in str(get_job(client, "elsewhere")["status"]))
+    said = str(get_job(client, "elsewhere")["status"]["conditions"])
+    assert "1 holds another version of dataset cats (not sha256:1111" in said
+    assert "1 lacks dataset cats" in said
+    repo.remove("jobs/pinned.yaml")
+    repo.remove("jobs/elsewhere.yaml")
 
     # A catalog checksum that n2's copy does not match: no node qualifies, and the
     # job says so.

@@ -190,3 +190,50 @@ def test_a_pull_request_that_adds_the_manifests_folder_creates_what_it_holds(
         ("first", "invalid")  # no Node in lab/: no node can run it, as at any commit
     ]
     assert plan(repo, "--base", base, "--head", base, "--path", "lab").returncode == 2
+
+
+SWEPT = """
+    apiVersion: mlsm/v1
+    kind: TrainingJob
+    metadata: {{name: lr, owner: ada}}
+    spec:
+      runtime: {{venv: {{python: "3"}}}}
+      trainer: {{model: "builtin:resnet-tiny"}}
+      dataset: digits
+      resources: {{gpus: 1}}
+      sweep:
+        parameters: {{learningRate: [{rates}]}}
+        parallelism: 2
+"""
+
+DIGITS = """
+    apiVersion: mlsm/v1
+    kind: Dataset
+    metadata: {name: digits}
+    spec: {format: imagefolder, locations: [{node: gpu-1, path: datasets/digits}]}
+"""
+
+
+def test_a_sweep_s_plan_shows_its_children_and_a_changed_sweep_adds_keeps_and_removes(
+    repo: Repo,
+) -> None:
+    base = repo.git("rev-parse", "--short", "HEAD")
+    repo.write("datasets/digits.yaml", DIGITS)
+    repo.write("jobs/lr.yaml", SWEPT.format(rates="0.001, 0.003, 0.01"))
+    head = repo.commit("Sweep the learning rate")
+    text = plan(repo, "--base", base, "--head", head).stdout
+    for k in range(3):
+        assert f"+ TrainingJob/lr-{k}  (jobs/lr.yaml:1)" in text
+    assert "would wait: sweep lr is at its parallelism (2 at once)" in text
+    repo.write("jobs/lr.yaml", SWEPT.format(rates="0.001, 0.03, 0.01, 0.1"))
+    changed = repo.commit("Change one value, add one")
+    text = plan(repo, "--base", head, "--head", changed).stdout
+    assert text.splitlines()[0] == f"{head}..{changed}: 1 create, 1 update"
+    assert "~ TrainingJob/lr-1  (jobs/lr.yaml:1)  generation 2" in text
+    assert "    ~ spec.trainer.learningRate: 0.003 -> 0.03" in text
+    assert "+ TrainingJob/lr-3" in text
+    repo.write("jobs/lr.yaml", SWEPT.format(rates="0.001"))
+    narrowed = repo.commit("Narrow it")
+    text = plan(repo, "--base", changed, "--head", narrowed).stdout
+    assert text.splitlines()[0] == f"{changed}..{narrowed}: 3 remove"
+    assert "- TrainingJob/lr-3" in text

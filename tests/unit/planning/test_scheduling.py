@@ -187,3 +187,28 @@ def test_never_overcommits_and_every_job_is_bound_or_told_why(
         assert cpu[name] <= by_node[name].free_cpu + 1e-6
         if by_node[name].free_memory is not None:
             assert memory[name] <= by_node[name].free_memory
+
+
+def test_a_sweep_never_has_more_children_active_than_its_parallelism() -> None:
+    children = [job(f"s-{k}", 0, group="s", group_limit=2, submitted=k) for k in range(4)]
+    other = job("other", 0, submitted=9)
+    result = schedule([*children, other], [node("n1")])
+    assert set(placed(result)) == {"s-0", "s-1", "other"}  # the others of s wait, not it
+    said = "sweep s is at its parallelism (2 at once): waits for one of its children to finish"
+    assert result.waiting == {"s-2": said, "s-3": said}
+    # one of its children already running: room for one more
+    again = schedule(children[2:], [node("n1")], groups_active={"s": 1})
+    assert set(placed(again)) == {"s-2"}
+
+
+def test_a_child_reads_its_sweep_from_its_labels() -> None:
+    from mlsm import schemas
+
+    manifest = schemas.TrainingJob.model_validate({
+        "apiVersion": "mlsm/v1", "kind": "TrainingJob",
+        "metadata": {"name": "s-0", "labels": {"mlsm.dev/sweep": "s",
+                                               "mlsm.dev/sweep-parallelism": "3"}},
+        "spec": {"runtime": {"venv": {}}, "command": ["true"]},
+    })  # fmt: skip
+    pending = PendingJob.of(manifest, owner="ada", submitted=0)
+    assert (pending.group, pending.group_limit) == ("s", 3)
