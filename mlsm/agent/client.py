@@ -119,6 +119,13 @@ class ControllerClient:
                                 json={"stream": stream, "lines": lines, "end": end})  # fmt: skip
         return int(body["offset"])
 
+    async def prediction(self, request: str) -> dict[str, Any]:
+        """A `mlsmctl predict` request for this node: {id, job, run, topK, images}."""
+        return await self._call("GET", f"/predictions/{request}")
+
+    async def answer_prediction(self, request: str, answer: dict[str, Any]) -> None:
+        await self._call("POST", f"/predictions/{request}", json=answer)
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = await self._send(method, path, **kwargs)
         _raise_for(response)

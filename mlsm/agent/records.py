@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,10 +39,17 @@ __all__ = [
     "load_records",
     "process_start",
     "recover",
+    "safe_name",
     "write_durably",
 ]
 
 PROCESS_FILE = "process.json"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def safe_name(name: object) -> bool:
+    """A run id or job name the agent may use as a folder name under its storage root."""
+    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@
   moves, so a bound run reaches the node in well under a second;
 - reconcile: `reconciling.plan_runs(desired, observed)` and the actions it returns,
   every half second or at once when something changes;
-- shipping: every run's output (`shipping.Shipper`).
+- shipping: every run's output (`shipping.Shipper`);
+- predict: the `mlsmctl predict` requests the assignments answers name
+  (`predicting.Predictor`).
 
 The loop knows runtimes only through their port (`mlsm.agent.runtimes`): a run is
 launched (`launching.launch_for`), prepared and started in a worker thread, so the
@@ -19,7 +21,6 @@ once (with what to do) and retried with backoff.
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -38,9 +39,10 @@ from mlsm.agent.datasets import DatasetScanner, ScanResult
 from mlsm.agent.gpus import Gpu, discover_gpus
 from mlsm.agent.inventory import host_inventory
 from mlsm.agent.launching import launch_for, output_dir, runtime_of
+from mlsm.agent.predicting import Predictor
 from mlsm.agent.provenance import check_dataset, run_provenance, write_provenance
 from mlsm.agent.reconciling import Outcome
-from mlsm.agent.records import LocalRun, RunFolder, RunRecord
+from mlsm.agent.records import LocalRun, RunFolder, RunRecord, safe_name
 from mlsm.agent.rendezvous import (
     Meeting,
     RendezvousTimeout,
@@ -53,15 +55,7 @@ from mlsm.agent.settings import AgentSettings
 from mlsm.agent.shipping import Shipper
 from mlsm.backoff import Backoff
 
-__all__ = ["Agent", "default_runtimes", "safe_name"]
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def safe_name(name: object) -> bool:
-    """A run id or job name the agent may use as a folder name under its storage root."""
-    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
-
+__all__ = ["Agent", "default_runtimes"]
 
 log = logging.getLogger("mlsm.agent")
 
@@ -124,6 +118,7 @@ class Agent:
         self.complaints = Complaints()
         self._tasks: anyio.abc.TaskGroup | None = None
         self.shipper = Shipper(client, settings.state, self.complaints, self._release)
+        self.predictor = Predictor(client, self.root, settings.state, self.complaints)
 
     def wake(self) -> None:
         self._wake.set()
@@ -155,6 +150,7 @@ class Agent:
             tasks.start_soon(self._heartbeat_loop)
             tasks.start_soon(self._assignment_loop)
             tasks.start_soon(self._reconcile_loop)
+            tasks.start_soon(self.predictor.loop)
 
     def check_runtimes(self) -> None:
         """Which runtimes can run jobs now (blocking: asks the container engine).
@@ -296,6 +292,7 @@ class Agent:
                         "assignments",
                         f"ignoring an assignment with an unsafe run id or job name: {names}",
                     )
+            self.predictor.take(body.get("predictions"))
             self.wake()
 
     # reconciling ---------------------------------------------------------------------

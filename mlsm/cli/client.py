@@ -54,8 +54,10 @@ class Client:
         """GET with the parameters as given (zeros included)."""
         return self._request("GET", path, params=params, timeout=timeout)
 
-    def post(self, path: str, body: Any) -> Any:
-        return self._request("POST", path, json=body)
+    def post(
+        self, path: str, body: Any, *, params: dict[str, Any] | None = None, timeout: float = 30
+    ) -> Any:
+        return self._request("POST", path, json=body, params=params, timeout=timeout)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx

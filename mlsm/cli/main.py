@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from mlsm import __version__, manifests, schemas, scores
-from mlsm.cli import diffing, merging, reproducing, views
+from mlsm.cli import diffing, merging, predicting, reproducing, views
 from mlsm.cli.client import DEFAULT_SERVER, Client
 from mlsm.cli.output import Format, print_problems
 from mlsm.errors import UserError
@@ -508,6 +508,58 @@ def reproduce(
             "started its trainer yet, has none)"
         )
     typer.echo(reproducing.reproduction(made, name=new_name or f"{name}-repro"), nl=False)
+
+
+class PredictFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def predict(
+    kind: Annotated[str, typer.Argument(help="job.", show_default=False)],
+    name: Annotated[str, typer.Argument(show_default=False)],
+    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=100, help="Labels per image.")] = 3,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            show_default=False,
+            help="A checkpoint folder on this machine (the controller is not asked).",
+        ),
+    ] = None,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote", help="Through the node's agent even when the checkpoint is on this machine."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, max=600, help="Seconds to wait for the labels.")
+    ] = 120,
+    output: Annotated[PredictFormat, typer.Option("--output", "-o")] = PredictFormat.text,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    insecure: InsecureOption = False,
+    version: VersionOption = False,
+) -> None:
+    """The top-k labels for images from a trainer job's best checkpoint: read here when
+    it is on this machine, else through the agent of the node that holds it."""
+    if _kind(kind) != "TrainingJob":
+        raise UsageError("predict reads a job's checkpoint: mlsmctl predict job NAME IMAGE...")
+    if checkpoint is not None:
+        found = predicting.predict_here(checkpoint, images, top_k=top_k, timeout=timeout)
+    else:
+        client = Client(server, token, ca_file=ca_file, insecure=insecure)
+        found = predicting.predict_job(
+            client, name, images, top_k=top_k, timeout=timeout, remote=remote
+        )
+    if output is PredictFormat.json:
+        typer.echo(json.dumps(found.as_json(), indent=2))
+    else:
+        typer.echo(predicting.render(found), nl=False)
 
 
 @app.command()

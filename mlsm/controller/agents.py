@@ -33,6 +33,7 @@ from mlsm.controller.inputs import (
 )
 from mlsm.controller.lifecycle import Leases, current_runs, report_run, tell_node
 from mlsm.controller.notifying import Bus
+from mlsm.controller.predicting import pending_predictions
 from mlsm.schemas.phases import RunPhase
 from mlsm.store import Dataset, Job, Node, Run, Store
 from mlsm.store.conflicts import retry_on_conflict
@@ -206,6 +207,10 @@ class AgentApi:
         with self.store.write() as session:
             session.execute(statement, rows)
 
+    async def authenticate(self, name: str, token: str) -> None:
+        """Refuse (401/403) unless `token` is node `name`'s and the node has a manifest."""
+        await self._node_state(name, token)
+
     async def _node_state(self, name: str, token: str) -> NodeState:
         """Who the token is and what the node holds, from the in-memory tables
         (`heartbeats.Identities`, `heartbeats.NodeTable`)."""
@@ -266,7 +271,11 @@ class AgentApi:
                 if spec.get("dataset") in datasets:
                     entry["dataset"] = {"name": spec["dataset"], **datasets[spec["dataset"]]}
                 runs.append(entry)
-            return {"assignmentRevision": node.assignment_revision, "runs": runs}
+            return {
+                "assignmentRevision": node.assignment_revision,
+                "runs": runs,
+                "predictions": pending_predictions(session, name),
+            }
 
     async def output(self, request: Request) -> Response:
         """A batch of a run's log lines or metric records: {stream: log|metrics,

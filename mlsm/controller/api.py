@@ -38,6 +38,7 @@ from mlsm.controller.inputs import (
     whole,
 )
 from mlsm.controller.leading import Leadership
+from mlsm.controller.predicting import PredictApi
 from mlsm.controller.sources import ManifestSource
 from mlsm.schemas.phases import RunPhase
 from mlsm.schemas.sweeps import SWEEP_LABEL
@@ -585,6 +586,7 @@ def create_app(
     """The API under /api/v1, and `site` (the status site, `mlsm.web`) under /."""
     agents = agents or AgentApi(store)
     api = Api(store, request_sync, webhook_secret, source, agents, leadership)
+    predictions = PredictApi(store, agents, recheck=agents.recheck)
     p = API_PREFIX
     routes: list[BaseRoute] = [
         Route("/healthz", api.healthz),
@@ -598,10 +600,13 @@ def create_app(
         Route(f"{p}/apply", api.apply, methods=["POST"]),
         Route(f"{p}/delete", api.delete, methods=["POST"]),
         Route(f"{p}/plan", api.plan, methods=["POST"]),
+        Route(p + "/jobs/{name}/predict", predictions.request, methods=["POST"]),
         Route(p + "/agent/nodes/{node}/heartbeat", agents.heartbeat, methods=["POST"]),
         Route(p + "/agent/nodes/{node}/assignments", agents.assignments),
         Route(p + "/agent/nodes/{node}/runs/{run}/status", agents.report, methods=["POST"]),
         Route(p + "/agent/nodes/{node}/runs/{run}/output", agents.output, methods=["POST"]),
+        Route(p + "/agent/nodes/{node}/predictions/{id}", predictions.take),
+        Route(p + "/agent/nodes/{node}/predictions/{id}", predictions.answer, methods=["POST"]),
         Route(p + "/{kind}", api.list_objects),
         Route(p + "/{kind}/{name}", api.get_object),
     ]

@@ -27,6 +27,7 @@ __all__ = [
     "LogLine",
     "MetricRecord",
     "Node",
+    "Prediction",
     "Run",
     "StoredObject",
     "SyncState",
@@ -278,3 +279,25 @@ class Leadership(Base):
     holder: Mapped[str] = mapped_column(Text, default="")
     term: Mapped[int] = mapped_column(default=0)
     expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Prediction(Base):
+    """A `mlsmctl predict` request on its way to the node that holds a job's
+    checkpoints (`controller/predicting.py`): the images, until that node's agent
+    answers; the caller's controller reads the answer and deletes the row."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node: Mapped[str] = mapped_column(String(63), index=True)
+    job: Mapped[str] = mapped_column(String(63))
+    run_id: Mapped[str] = mapped_column(String(36))
+    top_k: Mapped[int]
+    images: Mapped[list[Any]]
+    """[{"name": the caller's file name (shown, never used as a path), "data": base64}]."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    taken_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    answer: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The agent's: {"checkpoint": "best", "labels": [[[label, p], ...], ...]} or
+    {"error": "..."}."""

@@ -5,6 +5,7 @@ SIGTERM saves a checkpoint and exits 143."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -47,12 +48,15 @@ def _predict(args: list[str]) -> int:
     parser.add_argument("model_dir")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="One JSON list on stdout.")
     options = parser.parse_args(args)
     from mlsm.training.predicting import predict
 
-    for image, ranked in zip(
-        options.images, predict(options.model_dir, options.images, top_k=options.top_k), strict=True
-    ):
+    found = predict(options.model_dir, options.images, top_k=options.top_k)
+    if options.json:  # what an agent relays (`mlsm.agent.predicting`)
+        print(json.dumps([[[label, score] for label, score in ranked] for ranked in found]))
+        return 0
+    for image, ranked in zip(options.images, found, strict=True):
         print(f"{image}: " + ", ".join(f"{label} {score:.3f}" for label, score in ranked))
     return 0
 

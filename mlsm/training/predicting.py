@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from mlsm.errors import UserError
 from mlsm.training.data import decode
@@ -31,7 +32,7 @@ def predict(model_dir: str, images: list[str], *, top_k: int = 3) -> list[list[t
     for image in images:
         try:
             pixels = decode(image, prep.size).unsqueeze(0).float() / 255
-        except OSError as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise UserError(f"{image}: cannot read the image: {exc}") from exc
         logits = model(pixel_values=prep.normalise(pixels), **options).logits
         probabilities = logits.softmax(-1)[0]

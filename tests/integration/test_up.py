@@ -103,6 +103,25 @@ def provenance_shown(client: httpx.Client, node: Path, head: str) -> str:
     return again
 
 
+def predicted(client: httpx.Client, node: Path) -> None:
+    """`mlsmctl predict` through the node's agent, and read here (the node is this
+    machine): the same labels, mostly right."""
+    images = sorted((node / "datasets" / "digits" / "val").glob("*/*.png"))[::25]
+    answers = {}
+    for how in ("--remote", "--top-k=3"):
+        shown = json.loads(cli(client, "predict", "job", "resnet-digits", how, "-o", "json",
+                               *map(str, images)))  # fmt: skip
+        answers[how] = [p["labels"] for p in shown["predictions"]]
+        where = f"local:{node / 'jobs' / 'resnet-digits' / 'output' / 'checkpoints' / 'best'}"
+        how_it_went = "(through the node's agent)" if how == "--remote" else "(on this machine)"
+        assert shown["source"] == f"{where} {how_it_went}"
+    assert answers["--remote"] == answers["--top-k=3"]
+    assert all(len(labels) == 3 for labels in answers["--remote"])
+    right = sum(labels[0][0] == image.parent.name
+                for labels, image in zip(answers["--remote"], images, strict=True))  # fmt: skip
+    assert right / len(images) > 0.2, "better than chance (0.1)"
+
+
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -119,6 +138,7 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
         trained_and_shown(client, state / "node")
         again = provenance_shown(client, state / "node", example.git("rev-parse", "HEAD").strip())
+        predicted(client, state / "node")
         wait_for(lambda: client.get("/api/v1/jobs/hello-venv").json()["status"]["phase"]
                  == "Succeeded", timeout=60)  # fmt: skip
         # The engine `make engine` serves: the local node offers docker, and the example

@@ -1,5 +1,6 @@
 """The built-in trainer on real (small) data: learning, metrics, checkpoints, resume,
-SIGTERM, torchrun with two processes, and a checkpoint that classifies on its own."""
+SIGTERM, torchrun with two processes, and a checkpoint that classifies on its own,
+through mlsmctl and through an agent."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from mlsm.errors import UserError
+from mlsm.training.__main__ import main
 from mlsm.training.config import RunConfig
 from mlsm.training.demo import NAMES
 from mlsm.training.looping import train
@@ -137,7 +139,9 @@ def test_torchrun_with_two_processes_writes_one_checkpoint(
     assert len([r for r in records if r["split"] == "val" and r["name"] == "accuracy"]) == 1
 
 
-def test_a_checkpoint_classifies_on_its_own(digits: Path, trained: tuple[Any, Path, Path]) -> None:
+def test_a_checkpoint_classifies_on_its_own(
+    digits: Path, trained: tuple[Any, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     from transformers import AutoModelForImageClassification, ViTImageProcessorPil
 
     from mlsm.training.predicting import predict
@@ -160,10 +164,76 @@ def test_a_checkpoint_classifies_on_its_own(digits: Path, trained: tuple[Any, Pa
     ranked = predict(str(best), [str(p) for p in images], top_k=3)
     assert all(len(r) == 3 and r[0][1] >= r[1][1] >= r[2][1] for r in ranked)
     assert sum(r[0][0] == p.parent.name for r, p in zip(ranked, images, strict=True)) == right
-    command = [sys.executable, "-m", "mlsm.training", "predict", str(best), str(images[0])]
-    shown = subprocess.run([*command, "--top-k", "2"], capture_output=True, text=True)
+    assert main(["predict", str(best), str(images[0]), "--top-k", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"{images[0]}: {ranked[0][0][0]} ")
+
+    # mlsmctl predict with a checkpoint folder here: the same labels, from a child process
+    shown = subprocess.run(
+        [sys.executable, "-m", "mlsm.cli", "predict", "job", "any", "--checkpoint",
+         str(trained[2] / "checkpoints"), *map(str, images[:3]), "-o", "json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.startswith(f"{images[0]}: {ranked[0][0][0]} ")
+    answer = json.loads(shown.stdout)
+    assert answer["source"] == f"{best} (on this machine)"
+    assert [p["labels"][0][0] for p in answer["predictions"]] == [r[0][0] for r in ranked[:3]]
+
+
+def test_an_agent_predicts_with_its_own_copy_of_the_jobs_checkpoint(
+    digits: Path, trained: tuple[Any, Path, Path], tmp_path: Path
+) -> None:
+    import base64
+    import shutil
+
+    from mlsm.agent.client import Complaints
+    from mlsm.agent.predicting import Predictor
+    from mlsm.training.predicting import predict
+
+    root = tmp_path / "storage"
+    shutil.copytree(trained[2] / "checkpoints" / "best",
+                    root / "jobs" / "digits" / "output" / "checkpoints" / "best")  # fmt: skip
+    agent = Predictor(None, root, tmp_path / "state", Complaints())  # type: ignore[arg-type]
+    image = sorted((digits / "val").glob("*/*.png"))[0]
+    data = base64.b64encode(image.read_bytes()).decode()
+    answer = agent.predict(
+        {"job": "digits", "topK": 2, "images": [{"name": "mine.png", "data": data}]}
+    )
+    expected = predict(str(trained[2] / "checkpoints" / "best"), [str(image)], top_k=2)
+    assert answer["checkpoint"] == "best"
+    assert [[label for label, _ in r] for r in answer["labels"]] == [
+        [label for label, _ in r] for r in expected
+    ]
+    assert list((tmp_path / "state" / "predictions").iterdir()) == []  # the copies are gone
+
+    junk = base64.b64encode(b"not an image").decode()
+    unreadable = agent.predict(
+        {"job": "digits", "images": [{"name": "mine.png", "data": data},
+                                     {"name": "notes.txt", "data": junk}]}
+    )  # fmt: skip
+    assert unreadable["status"] == 400
+    assert unreadable["error"].startswith("notes.txt: cannot read the image")
+
+    assert agent.predict({"job": "other", "images": []})["status"] == 409
+    assert agent.predict({"job": "../digits", "images": []})["status"] == 400
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(trained[2] / "checkpoints" / "best", outside / "best")
+    (root / "jobs" / "linked" / "output").mkdir(parents=True)
+    (root / "jobs" / "linked" / "output" / "checkpoints").symlink_to(outside)
+    linked = agent.predict({"job": "linked", "images": [{"name": "x", "data": data}]})
+    assert linked["status"] == 409  # a link out of the storage root is not followed
+
+    # the classifier runs in the venv that trained the checkpoint, when it is here
+    made = tmp_path / "made"
+    made.mkdir()
+    venv = {"environment": {"runtime": "venv", "requirementsHash": "0123abcd"}}
+    (made / "provenance.json").write_text(json.dumps(venv))
+    assert agent.python_for(made) == sys.executable  # not built on this node
+    (root / "envs" / "0123abcd" / "bin").mkdir(parents=True)
+    (root / "envs" / "0123abcd" / "bin" / "python").write_text("")
+    assert agent.python_for(made) == str(root / "envs" / "0123abcd" / "bin" / "python")
+    venv["environment"]["requirementsHash"] = "../../elsewhere"
+    (made / "provenance.json").write_text(json.dumps(venv))
+    assert agent.python_for(made) == sys.executable
 
 
 @pytest.mark.parametrize(

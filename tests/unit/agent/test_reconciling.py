@@ -110,6 +110,6 @@ def test_planning_converges_and_never_starts_a_run_twice(
      ("../etc", False), ("a/b", False), ("", False), (None, False), ("a..b", False)],
 )  # fmt: skip
 def test_only_safe_names_become_folders(name: object, safe: bool) -> None:
-    from mlsm.agent.running import safe_name
+    from mlsm.agent.records import safe_name
 
     assert safe_name(name) is safe
