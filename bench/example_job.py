@@ -9,6 +9,8 @@ and on a new state dir the job's venv), from Running to Succeeded (the trainer's
 process: imports, data, every epoch, the test split), the trainer's own time in
 training steps, and the best validation and the test accuracy. Target (issue 20):
 at least 0.95 validation accuracy in about a minute of training on 2 CPU cores.
+Then `mlsmctl predict` on 30 test images, read here and through the node's agent
+(`--remote`), median of 3 each: the relay's cost over reading the checkpoint here.
 
 --state-dir reuses a state (and its venv) between runs; by default a new one.
 """
@@ -16,9 +18,12 @@ at least 0.95 validation accuracy in about a minute of training on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +69,7 @@ def run(state: Path, repo: Path) -> dict[str, Any]:
         lines = client.get(f"/api/v1/runs/{job_run['id']}/logs", params={"limit": 1000}).json()
         records = client.get(f"/api/v1/runs/{job_run['id']}/metrics").json()["records"]
         final = phase()
+        predicted = predict_times(port, state / "node" / "datasets" / "digits" / "test")
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
@@ -81,7 +87,27 @@ def run(state: Path, repo: Path) -> dict[str, Any]:
         "epochs": len(val),
         "best_val_accuracy": max(val, default=float("nan")),
         "test_accuracy": test[-1] if test else float("nan"),
+        **predicted,
     }
+
+
+def predict_times(port: int, test: Path) -> dict[str, Any]:
+    images = [str(p) for p in sorted(test.glob("*/*.png"))[::10][:30]]
+    figures: dict[str, Any] = {"images": len(images)}
+    env = {**os.environ, "MLSM_SERVER": f"http://127.0.0.1:{port}"}
+    for how in ("here", "remote"):
+        times = []
+        for _ in range(3):
+            command = [sys.executable, "-m", "mlsm.cli", "predict", "job", JOB, "-o", "json",
+                       *(["--remote"] if how == "remote" else []), *images]  # fmt: skip
+            started = time.monotonic()
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+            times.append(time.monotonic() - started)
+        answer = json.loads(done.stdout)["predictions"]
+        right = sum(Path(a["image"]).parent.name == a["labels"][0][0] for a in answer)
+        figures[f"predict_{how}_s"] = statistics.median(times)
+        figures["predict_right"] = right
+    return figures
 
 
 def main() -> None:
@@ -104,6 +130,10 @@ def main() -> None:
     print(f"  in training steps       {figures['training_s']:7.1f} s  ({figures['epochs']} epochs)")
     print(f"  best val accuracy       {figures['best_val_accuracy']:7.4f}  (target >= 0.95)")
     print(f"  test accuracy           {figures['test_accuracy']:7.4f}")
+    n, right = figures["images"], figures["predict_right"]
+    here, remote = figures["predict_here_s"], figures["predict_remote_s"]
+    print(f"  mlsmctl predict, here   {here:7.2f} s  ({n} test images, {right} right)")
+    print(f"  through the agent       {remote:7.2f} s  ({remote - here:+.2f} s for the relay)")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class Predictor:
             return  # the caller left, or another controller answered it
         except (Refused, Unreachable) as exc:
             self.complaints.complain("predict", f"cannot fetch prediction request: {exc}")
+            self._seen.pop(queued, None)  # the next assignments answer names it again
             return
         answer = await anyio.to_thread.run_sync(self.predict, request)
         try:

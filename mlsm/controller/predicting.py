@@ -292,19 +292,19 @@ def _answer_of(row: Prediction) -> Response:
 
 
 def _node_down(job: str, run: Run, node: Node | None, now: dt.datetime) -> str:
-    where = f"{run.node}:{run.output_dir}/checkpoints/best"
+    copy = (
+        f"copy {run.node}:{run.output_dir}/checkpoints/best to this machine and run "
+        f"mlsmctl predict job {job} --checkpoint DIR IMAGE..."
+    )
+    where = f"job {job}'s checkpoints are on node {run.node}"
     if node is None:
-        state = "which is no longer in the manifests"
-    elif node.last_heartbeat_at is None:
+        return f"{where}, which is no longer in the manifests: {copy}"
+    if node.last_heartbeat_at is None:
         state = "whose agent has never sent a heartbeat"
     else:
         ago = int((now - node.last_heartbeat_at).total_seconds())
         state = f"whose agent is not answering (its last heartbeat was {_duration(ago)} ago)"
-    return (
-        f"job {job}'s checkpoints are on node {run.node}, {state}. Start mlsm-agent on "
-        f"{run.node}, or copy {where} to this machine and run "
-        f"mlsmctl predict job {job} --checkpoint DIR IMAGE..."
-    )
+    return f"{where}, {state}. Start mlsm-agent on {run.node}, or {copy}"
 
 
 def _late(row: Prediction, wait: float) -> str:
