@@ -197,6 +197,8 @@ class Installation:
                     summary = self._scores(job, run) if run else ""
                     if summary:
                         self.say(summary)
+                    if summary and done == JobPhase.SUCCEEDED:
+                        self.say(f"  classify images with it: mlsmctl predict job {job} IMAGE...")
                     for step in self._next_steps():
                         self.say(step)
             time.sleep(0.5)

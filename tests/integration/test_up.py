@@ -165,6 +165,7 @@ def test_up_runs_the_example_job_stops_cleanly_and_carries_on(
                  "runtimes:   docker, venv", "site:       http://127.0.0.1:",
                  "job resnet-digits: Running", "epoch 2/2", "job resnet-digits: Succeeded",
                  "  best val accuracy 0.", "; test accuracy 0.",
+                 "  classify images with it: mlsmctl predict job resnet-digits IMAGE...",
                  f"  1. open the site: http://127.0.0.1:{port}/",
                  f"  2. commit a job into {example.root.resolve()}: it starts within a second",
                  "  3. a pull request: copy deploy/manifest-repo/",
