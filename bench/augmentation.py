@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.trainer import digits  # noqa: E402
+from bench.trainer import digits, model_and_data  # noqa: E402
 
 
 class PerImage:
@@ -69,15 +69,7 @@ def plain_loop(data: Path, model_name: str, epochs: int, batch_size: int, device
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from mlsm.training.data import ImageFolder, scan_classes
-    from mlsm.training.models import load_model
-
-    torch.manual_seed(0)
-    classes = scan_classes(data)
-    model, prep = load_model(model_name, classes, pretrained=False)
-    model.to(device).train()
-    dataset = ImageFolder(data, "train", classes, prep.size)
-    assert dataset.cache is not None
+    model, prep, dataset = model_and_data(data, model_name, device)
     loader = DataLoader(PerImage(dataset.cache, dataset.labels, (0.8, 1.0)),
                         batch_size=batch_size, shuffle=True, num_workers=2,
                         persistent_workers=True)  # fmt: skip

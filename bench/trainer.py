@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,8 +62,9 @@ def digits(root: Path, copies: int) -> Path:
     return root
 
 
-def plain_loop(data: Path, model_name: str, epochs: int, batch_size: int, device: str) -> float:
-    """A hand-written loop over the same data and model: samples per second."""
+def model_and_data(data: Path, model_name: str, device: str) -> tuple[Any, Any, Any]:
+    """What a plain loop starts from, as the trainer does: the model (seed 0, in
+    train mode on `device`), its preprocessing, and the train split cached in memory."""
     import torch
 
     from mlsm.training.data import ImageFolder, scan_classes
@@ -74,6 +76,14 @@ def plain_loop(data: Path, model_name: str, epochs: int, batch_size: int, device
     model.to(device).train()
     dataset = ImageFolder(data, "train", classes, prep.size)
     assert dataset.cache is not None
+    return model, prep, dataset
+
+
+def plain_loop(data: Path, model_name: str, epochs: int, batch_size: int, device: str) -> float:
+    """A hand-written loop over the same data and model: samples per second."""
+    import torch
+
+    model, prep, dataset = model_and_data(data, model_name, device)
     images, labels = dataset.cache, dataset.labels
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)

@@ -154,16 +154,22 @@ class Site:
         self.env = _templates()
 
     async def render(
-        self, request: Request, template: str, read: Callable[..., Any], *args: Any
+        self,
+        request: Request,
+        template: str,
+        read: Callable[..., Any],
+        *args: Any,
+        missing: str = "",
     ) -> Response:
         """A page: `read(session, *args)` in a worker thread, rendered there too, with
-        the live feed's state digest as of the same read."""
+        the live feed's state digest as of the same read. When `read` finds nothing
+        (None), a 404 saying `missing`."""
 
         def build() -> str:
             with self.store.read() as session:
                 context = read(session, *args)
                 if context is None:
-                    raise HttpError(404, f"{template.removesuffix('.html')} not found")
+                    raise HttpError(404, missing or f"{template.removesuffix('.html')} not found")
                 digest, _ = live.read_state(session, context.get("live_key", ""))
                 return self.env.get_template(template).render(
                     request=request,
@@ -191,42 +197,30 @@ class Site:
         def read(session: Any) -> dict[str, Any] | None:
             context = pages.job_page(session, name, run, log=not parts)
             if context is None:
-                raise HttpError(
-                    404,
-                    f"no job named '{name[:63]}': if it was merged, "
-                    "the Syncs page says why it was not created",
-                )
+                return None
             context["charts"] = charts.metric_charts(context["metric_columns"], context["epochs"])
             context["live_key"] = name
             context["following"] = bool(context["runs"]) and context["run"] is context["runs"][-1]
             return context
 
-        return await self.render(request, "job.html", read)
+        missing = (
+            f"no job named '{name[:63]}': if it was merged, the Syncs page says why it was "
+            "not created"
+        )
+        return await self.render(request, "job.html", read, missing=missing)
 
     async def sweep(self, request: Request) -> Response:
         name = request.path_params["name"]
-
-        def read(session: Any) -> dict[str, Any] | None:
-            context = pages.sweep_page(session, name)
-            if context is None:
-                raise HttpError(404, f"no sweep named '{name[:63]}': no job is its child")
-            return context
-
-        return await self.render(request, "sweep.html", read)
+        missing = f"no sweep named '{name[:63]}': no job is its child"
+        return await self.render(request, "sweep.html", pages.sweep_page, name, missing=missing)
 
     async def nodes(self, request: Request) -> Response:
         return await self.render(request, "nodes.html", pages.nodes_page)
 
     async def node(self, request: Request) -> Response:
         name = request.path_params["name"]
-
-        def read(session: Any) -> dict[str, Any] | None:
-            context = pages.node_page(session, name)
-            if context is None:
-                raise HttpError(404, f"no node named '{name[:63]}'")
-            return context
-
-        return await self.render(request, "node.html", read)
+        missing = f"no node named '{name[:63]}'"
+        return await self.render(request, "node.html", pages.node_page, name, missing=missing)
 
     async def datasets(self, request: Request) -> Response:
         return await self.render(request, "datasets.html", pages.datasets_page)

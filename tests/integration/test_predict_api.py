@@ -210,3 +210,34 @@ def test_an_agent_that_never_answers_and_one_that_fails_are_said(store: Store) -
         400,
         "node n1: one.png: cannot read the image",
     )
+
+
+def test_the_caller_and_the_agent_may_use_different_controllers(store: Store) -> None:
+    # two controllers on one database: the request is a row, and each polls it
+    asked = create_app(store, agents=AgentApi(store, recheck=0.05))
+    polled = create_app(store, agents=AgentApi(store, recheck=0.05))
+
+    async def agent() -> None:
+        async with await _client(polled, "n1-token") as n1:
+            path = "/api/v1/agent/nodes/n1/assignments"
+            revision = (await n1.get(path, params={"revision": -1, "wait": 0})).json()
+            revision = revision["assignmentRevision"]
+            while True:
+                answer = (await n1.get(path, params={"revision": revision, "wait": 10})).json()
+                revision = answer["assignmentRevision"]
+                if answer["predictions"]:
+                    break
+            queued = answer["predictions"][0]["id"]
+            await n1.get(f"/api/v1/agent/nodes/n1/predictions/{queued}")
+            labels = {"labels": [[["7", 1.0]], [["1", 1.0]]]}
+            await n1.post(f"/api/v1/agent/nodes/n1/predictions/{queued}", json=labels)
+
+    async def both() -> httpx.Response:
+        async with anyio.create_task_group() as tasks, await _client(asked) as client:
+            tasks.start_soon(agent)
+            with anyio.fail_after(20):
+                return await client.post("/api/v1/jobs/digits-job/predict", json=BODY)
+
+    response = anyio.run(both)
+    assert response.status_code == 200, response.text
+    assert [p["labels"][0][0] for p in response.json()["predictions"]] == ["7", "1"]
