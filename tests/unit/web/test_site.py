@@ -241,8 +241,10 @@ def test_unknown_objects_are_404_pages_that_say_where_to_look(site: Any) -> None
     answer = get(site, "/jobs/not-merged")
     assert answer.status_code == 404
     assert "no job named &#39;not-merged&#39;: if it was merged, the Syncs page" in answer.text
-    for path, said in (("/nodes/nope", "no node named &#39;nope&#39;"),
-                       ("/sweeps/nope", "no sweep named &#39;nope&#39;: no job is its child")):  # fmt: skip
+    for path, said in (
+        ("/nodes/nope", "no node named &#39;nope&#39;"),
+        ("/sweeps/nope", "no sweep named &#39;nope&#39;: no job is its child"),
+    ):
         answer = get(site, path)
         assert (answer.status_code, said in answer.text) == (404, True), answer.text
     assert get(site, "/no/such/page").status_code == 404
